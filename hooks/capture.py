@@ -1,0 +1,239 @@
+"""Capture: hooks on every module and a TorchFunctionMode for one forward pass, producing records.
+
+A forward pre-hook and a forward hook on each module keep the stack of running modules. A module
+whose type has a rule is counted by it from ``(module, inputs, output)`` and covers its subtree:
+its children get no hooks and the torch functions they call are not counted again. Inside modules
+without a rule, the function mode counts each torch function call with a function rule and
+attributes it to the innermost running module. Everything attached is removed, and every
+module's ``training`` flag restored, before :func:`capture` returns or raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from hooks.counts import Counts
+from hooks.records import Record, Shape
+from hooks.registry import Resolver, Rule
+
+__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "capture", "shapes_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleInfo:
+    """Static facts about one module of the model, in ``named_modules()`` order."""
+
+    name: str
+    type: str
+    params: int
+    """Parameters registered on this module itself; a parameter shared by several modules is
+    owned by the first one in ``named_modules()`` order."""
+    rule: str | None
+    covered: bool
+    """True when an ancestor has a module rule, which counts this module too."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """What one forward pass left behind."""
+
+    modules: tuple[ModuleInfo, ...]
+    records: tuple[Record, ...]
+    output: Any
+
+
+class RuleError(RuntimeError):
+    """A counting rule raised or returned something that is not counts."""
+
+
+class CaptureError(RuntimeError):
+    """The model's forward raised; the message names the last layer that started."""
+
+
+def shapes_of(value: Any) -> tuple[Shape, ...]:
+    """Shapes of the tensors in ``value``, searched through tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape),)
+    if isinstance(value, (tuple, list)):
+        return tuple(s for v in value for s in shapes_of(v))
+    if isinstance(value, dict):
+        return tuple(s for v in value.values() for s in shapes_of(v))
+    return ()
+
+
+def _is_floating(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() or value.is_complex()
+    if isinstance(value, (tuple, list)):
+        return any(_is_floating(v) for v in value)
+    return False
+
+
+def _function_name(func: Callable) -> str:
+    return resolve_name(func) or getattr(func, "__qualname__", None) or repr(func)
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """``args`` with ``kwargs`` (and defaults) placed at their positions in ``forward``'s signature."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args
+    bound.apply_defaults()
+    return bound.args
+
+
+def _describe(model: nn.Module, resolver: Resolver) -> Iterator[tuple[ModuleInfo, nn.Module, Rule | None]]:
+    owned: set[int] = set()
+    ruled_prefixes: list[str] = []
+    for name, module in model.named_modules():
+        params = 0
+        for p in module.parameters(recurse=False):
+            if id(p) not in owned:
+                owned.add(id(p))
+                params += p.numel()
+        covered = any(name.startswith(prefix) for prefix in ruled_prefixes)
+        rule = None if covered else resolver.module_rule(type(module))
+        if rule is not None:
+            ruled_prefixes.append(f"{name}." if name else "")
+        info = ModuleInfo(name, type(module).__name__, params, rule.name if rule else None, covered)
+        yield info, module, rule
+
+
+class _Recorder(TorchFunctionMode):
+    """Holds the running-module stack and the records; counts torch functions as they run."""
+
+    def __init__(self, function_rules: dict[Callable, Rule]) -> None:
+        super().__init__()
+        self.function_rules = function_rules
+        self.records: list[Record] = []
+        self.stack: list[list] = []  # [name, functions seen] per running module
+        self.suppress = 0  # > 0 while a module rule's module runs
+        self.last: tuple[str, str, tuple] | None = None  # the last module that started
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.suppress or not self.stack:
+            return out
+        frame = self.stack[-1]
+        frame[1] += 1
+        rule = self.function_rules.get(func)
+        if rule is not None and rule.free:
+            return out
+        if rule is None and not _is_floating(out):
+            return out
+        with torch._C.DisableTorchFunction():
+            name = _function_name(func)
+            if rule is None:
+                counts, status, rule_name = Counts(), "uncounted", None
+            else:
+                try:
+                    counts = rule.fn(args, kwargs, out)
+                except Exception as exc:
+                    raise RuleError(
+                        f"rule {rule.name} failed on {name} in layer '{frame[0]}' with input "
+                        f"shapes {list(shapes_of(args))}: {exc}"
+                    ) from exc
+                status, rule_name = "counted", rule.name
+            self.records.append(
+                Record(frame[0], name, name, status, shapes_of(args), shapes_of(out),
+                       counts.macs, counts.flops, counts.matmul_flops, rule_name)
+            )
+        return out
+
+    def hooks_for(self, module: nn.Module, info: ModuleInfo, rule: Rule | None) -> tuple[Callable, Callable]:
+        name, type_name = info.name, info.type
+        leaf = next(module.children(), None) is None
+        ruled = rule is not None
+
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            self.stack.append([name, 0])
+            self.last = (name, type_name, args)
+            if ruled:
+                self.suppress += 1
+
+        def post_hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            with torch._C.DisableTorchFunction():
+                frame = self.stack.pop()
+                while frame[0] != name and self.stack:  # a child that raised and was caught
+                    frame = self.stack.pop()
+                counts, status = Counts(), "traced"
+                if ruled:
+                    counts, status = self._apply(rule, mod, info, _bind(mod, args, kwargs), output)
+                    self.suppress -= 1
+                    if self.suppress:
+                        return
+                elif leaf and frame[1] == 0:
+                    status = "uncounted"
+                self.records.append(
+                    Record(name, type_name, None, status,
+                           shapes_of(args) + shapes_of(kwargs), shapes_of(output),
+                           counts.macs, counts.flops, counts.matmul_flops, rule.name if ruled else None)
+                )
+
+        return pre_hook, post_hook
+
+    @staticmethod
+    def _apply(rule: Rule, module: nn.Module, info: ModuleInfo, inputs: tuple, output: Any) -> tuple[Counts, str]:
+        if rule.free:
+            return Counts(), "free"
+        try:
+            counts = rule.fn(module, inputs, output)
+        except Exception as exc:
+            raise RuleError(
+                f"rule {rule.name} failed on layer '{info.name}' ({info.type}) with input shapes "
+                f"{list(shapes_of(inputs))}: {exc}"
+            ) from exc
+        if not isinstance(counts, Counts):
+            raise RuleError(
+                f"rule {rule.name} returned {type(counts).__name__} on layer '{info.name}' "
+                f"({info.type}); a rule returns Counts"
+            )
+        return counts, "counted"
+
+
+def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
+    """Run ``call()`` (one forward of ``model``) with hooks attached, in eval mode, without grad.
+
+    Every hook is removed and every module's ``training`` flag restored before returning, also
+    when ``call`` raises; a forward that raises is re-raised as :class:`CaptureError` naming the
+    last layer that started, with the original exception chained.
+    """
+    described = list(_describe(model, resolver))
+    recorder = _Recorder(resolver.function_rules)
+    modes = [(module, module.training) for _, module, _ in described]
+    handles = []
+    try:
+        for info, module, rule in described:
+            if info.covered:
+                continue
+            pre_hook, post_hook = recorder.hooks_for(module, info, rule)
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+        model.eval()
+        with torch.no_grad(), recorder:
+            output = call()
+    except RuleError:
+        raise
+    except Exception as exc:
+        where = ""
+        if recorder.last is not None:
+            name, type_name, args = recorder.last
+            where = f" while running layer '{name}' ({type_name}) with input shapes {list(shapes_of(args))}"
+        raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return Capture(tuple(info for info, _, _ in described), tuple(recorder.records), output)

@@ -1,0 +1,35 @@
+"""One small immutable record per module call or torch function call seen during a capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Record", "Status", "Shape"]
+
+Shape = tuple[int, ...]
+
+Status = Literal["counted", "free", "traced", "uncounted"]
+"""How a call was counted.
+
+- ``counted``: a rule gave its MACs and FLOPs.
+- ``free``: a rule declared it free (0 by decision: ReLU, Dropout, views...).
+- ``traced``: a module with no rule; its work is whatever the function rules counted inside it.
+- ``uncounted``: no rule and nothing seen inside it; its work is unknown, not zero.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One call: a module's forward (``function`` is None) or a torch function inside one."""
+
+    name: str
+    type: str
+    function: str | None
+    status: Status
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    macs: int = 0
+    flops: int = 0
+    matmul_flops: int = 0
+    rule: str | None = None

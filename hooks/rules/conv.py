@@ -1,0 +1,37 @@
+"""Convolutions: MACs = output elements x (input channels per group) x kernel elements."""
+
+from __future__ import annotations
+
+from math import prod
+
+from torch import nn
+
+from hooks.counts import Counts
+from hooks.registry import module_rule
+
+__all__ = ["conv_counts", "conv_transpose_counts", "conv_macs", "conv_transpose_macs"]
+
+
+def conv_macs(output_numel: int, in_channels: int, groups: int, kernel: tuple[int, ...]) -> int:
+    # [N, Cout, *S_out] = conv([N, Cin, *S_in]); weight [Cout, Cin/g, *K]
+    # each output element is a dot product of length Cin/g * prod(K)
+    return output_numel * (in_channels // groups) * prod(kernel)
+
+
+def conv_transpose_macs(input_numel: int, out_channels: int, groups: int, kernel: tuple[int, ...]) -> int:
+    # [N, Cout, *S_out] = conv_transpose([N, Cin, *S_in]); weight [Cin, Cout/g, *K]
+    # each input element is scattered into Cout/g * prod(K) outputs (thop uses the output size)
+    return input_numel * (out_channels // groups) * prod(kernel)
+
+
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+    # thop reads Cin from input.shape[1], which is wrong for unbatched input; in_channels is not
+    return Counts.matmul(conv_macs(output.numel(), module.in_channels, module.groups, module.kernel_size))
+
+
+@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+    return Counts.matmul(
+        conv_transpose_macs(inputs[0].numel(), module.out_channels, module.groups, module.kernel_size)
+    )

@@ -1,0 +1,104 @@
+"""Pooling and upsampling.
+
+Average pooling counts, per output element, the additions over its window and one division:
+MACs = window + 1 per output (thop's convention for adaptive pooling, which thop's AvgPool drops),
+FLOPs = window per output (window - 1 additions and 1 division). Max pooling is free.
+Upsampling MACs are thop's per-output constants; FLOPs count the interpolation arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import ceil, floor, prod
+
+from torch import nn
+
+from hooks.counts import Counts
+from hooks.registry import free_modules, module_rule
+
+__all__ = [
+    "adaptive_window_sum",
+    "avg_pool_counts",
+    "adaptive_avg_pool_counts",
+    "upsample_counts",
+    "interpolate_counts",
+]
+
+
+def adaptive_window_sum(in_size: int, out_size: int) -> int:
+    """Sum of the window lengths adaptive pooling uses to map ``in_size`` onto ``out_size``."""
+    # window i covers [floor(i * in / out), ceil((i + 1) * in / out))
+    return sum(
+        ceil((i + 1) * in_size / out_size) - floor(i * in_size / out_size) for i in range(out_size)
+    )
+
+
+def _adaptive_avg(input_shape: Sequence[int], output_shape: Sequence[int], ndim: int) -> Counts:
+    # [*, *S_in] -> [*, *S_out]; windows factor per dimension, so their sizes sum to a product
+    out_spatial = output_shape[len(output_shape) - ndim :]
+    in_spatial = input_shape[len(input_shape) - ndim :]
+    out_numel = prod(output_shape)
+    planes = out_numel // prod(out_spatial) if prod(out_spatial) else 0
+    window_total = planes * prod(adaptive_window_sum(i, o) for i, o in zip(in_spatial, out_spatial))
+    return Counts.elementwise(flops=window_total, macs=window_total + out_numel)
+
+
+def _avg_pool_rule(ndim: int) -> Callable[[nn.Module, tuple, object], Counts]:
+    def avg_pool_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+        # [*, C, *S_in] -> [*, C, *S_out]; window = prod(kernel_size) elements per output
+        k = module.kernel_size
+        window = k**ndim if isinstance(k, int) else prod(k)
+        out_numel = output.numel()
+        return Counts.elementwise(flops=out_numel * window, macs=out_numel * (window + 1))
+
+    return avg_pool_counts
+
+
+def _adaptive_avg_pool_rule(ndim: int) -> Callable[[nn.Module, tuple, object], Counts]:
+    def adaptive_avg_pool_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+        return _adaptive_avg(inputs[0].shape, output.shape, ndim)
+
+    return adaptive_avg_pool_counts
+
+
+avg_pool_counts = _avg_pool_rule(2)
+adaptive_avg_pool_counts = _adaptive_avg_pool_rule(2)
+module_rule(nn.AvgPool1d)(_avg_pool_rule(1))
+module_rule(nn.AvgPool2d)(avg_pool_counts)
+module_rule(nn.AvgPool3d)(_avg_pool_rule(3))
+module_rule(nn.AdaptiveAvgPool1d)(_adaptive_avg_pool_rule(1))
+module_rule(nn.AdaptiveAvgPool2d)(adaptive_avg_pool_counts)
+module_rule(nn.AdaptiveAvgPool3d)(_adaptive_avg_pool_rule(3))
+
+free_modules(
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d,
+    nn.FractionalMaxPool2d, nn.FractionalMaxPool3d,
+)
+
+# mode: (thop's MACs per output element, FLOPs per output element)
+# a 1-D linear interpolation a + t * (b - a) is 3 FLOPs; a 1-D cubic one is 4 products and 3 sums
+INTERPOLATION = {
+    "nearest": (1, 0),
+    "nearest-exact": (1, 0),
+    "linear": (5, 3),
+    "bilinear": (11, 3 * 3),
+    "trilinear": (13 * 2 + 5, 7 * 3),
+    "bicubic": (224 + 35, 5 * 7),
+}
+
+
+def interpolate_counts(input_shape: Sequence[int], output_shape: Sequence[int], mode: str) -> Counts:
+    """Counts of ``F.interpolate`` from ``input_shape`` to ``output_shape`` in ``mode``."""
+    if mode == "area":
+        return _adaptive_avg(input_shape, output_shape, len(output_shape) - 2)
+    macs, flops = INTERPOLATION[mode]
+    out_numel = prod(output_shape)
+    return Counts.elementwise(flops=flops * out_numel, macs=macs * out_numel)
+
+
+@module_rule(nn.Upsample)
+def upsample_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+    # [N, C, *S_in] -> [N, C, *S_out]; UpsamplingNearest2d and UpsamplingBilinear2d inherit this
+    return interpolate_counts(inputs[0].shape, output.shape, module.mode)

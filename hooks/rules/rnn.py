@@ -1,0 +1,99 @@
+"""Recurrent layers, with thop's MACs: each gate's matmuls plus thop's count of the bias adds and
+elementwise gate arithmetic, per cell step. FLOPs are 2 per matmul MAC plus 1 per elementwise
+operation, so ``flops - matmul_flops`` is exactly thop's elementwise part.
+
+Unlike thop, packed sequences count the steps that run (the sum of ``batch_sizes``, not the
+longest sequence times the largest batch), ``proj_size`` shrinks the recurrent matmul and adds the
+projection, and unbatched input counts one sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from hooks.counts import Counts
+from hooks.registry import module_rule
+
+__all__ = ["rnn_cell_ops", "gru_cell_ops", "lstm_cell_ops"]
+
+
+CellOps = Callable[[int, int, bool, int], tuple[int, int]]
+
+
+def rnn_cell_ops(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> tuple[int, int]:
+    """(matmul MACs, elementwise ops) of one step; h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."""
+    h = hidden_size
+    return h * (input_size + h), h + (2 * h if bias else 0)
+
+
+def gru_cell_ops(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> tuple[int, int]:
+    """One step of the r, z, n gates: 3 matmuls of [H, in + H]."""
+    h = hidden_size
+    # r, z, n: one add each plus 2 bias adds each; r * (W_hn h); h' = (1 - z) * n + z * h
+    return 3 * h * (input_size + h), 3 * h + (6 * h if bias else 0) + h + 3 * h
+
+
+def lstm_cell_ops(input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> tuple[int, int]:
+    """One step of the i, f, g, o gates on [x, h] (h has proj_size when set), and the projection."""
+    h = hidden_size
+    recurrent = proj_size or h
+    matmul = 4 * h * (input_size + recurrent) + proj_size * h
+    # 4 gates: one add each plus 2 bias adds each; c' = f * c + i * g; h' = o * tanh(c')
+    return matmul, 4 * h + (8 * h if bias else 0) + 3 * h + h
+
+
+def _counts(matmul: int, elementwise: int, steps: int) -> Counts:
+    return Counts(
+        macs=(matmul + elementwise) * steps,
+        flops=(2 * matmul + elementwise) * steps,
+        matmul_flops=2 * matmul * steps,
+    )
+
+
+def _cell_rule(name: str, cell_ops: CellOps) -> Callable[[nn.Module, tuple, object], Counts]:
+    def rule(module: nn.Module, inputs: tuple, output) -> Counts:
+        # [B, H] = cell([B, in]), or unbatched [H] = cell([in])
+        x = inputs[0]
+        batch = x.shape[0] if x.dim() == 2 else 1
+        return _counts(*cell_ops(module.input_size, module.hidden_size, module.bias, 0), steps=batch)
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
+
+
+def _cell_steps(x: Tensor | PackedSequence) -> int:
+    """Number of (sequence, time step) pairs that one direction of one layer runs."""
+    if isinstance(x, PackedSequence):
+        return int(x.batch_sizes.sum())
+    if x.dim() == 2:  # unbatched [T, in]
+        return x.shape[0]
+    return x.shape[0] * x.shape[1]
+
+
+def _sequence_rule(name: str, cell_ops: CellOps) -> Callable[[nn.Module, tuple, object], Counts]:
+    def rule(module: nn.Module, inputs: tuple, output) -> Counts:
+        # [T, B, D * H_out] = rnn([T, B, in]); batch_first swaps T and B; D = 2 if bidirectional
+        directions = 2 if module.bidirectional else 1
+        proj = getattr(module, "proj_size", 0)
+        h_out = proj or module.hidden_size
+        matmul = elementwise = 0
+        for layer in range(module.num_layers):
+            layer_input = module.input_size if layer == 0 else h_out * directions
+            m, e = cell_ops(layer_input, module.hidden_size, module.bias, proj)
+            matmul += m * directions
+            elementwise += e * directions
+        return _counts(matmul, elementwise, _cell_steps(inputs[0]))
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
+
+
+module_rule(nn.RNNCell)(_cell_rule("rnn_cell_counts", rnn_cell_ops))
+module_rule(nn.GRUCell)(_cell_rule("gru_cell_counts", gru_cell_ops))
+module_rule(nn.LSTMCell)(_cell_rule("lstm_cell_counts", lstm_cell_ops))
+module_rule(nn.RNN)(_sequence_rule("rnn_counts", rnn_cell_ops))
+module_rule(nn.GRU)(_sequence_rule("gru_counts", gru_cell_ops))
+module_rule(nn.LSTM)(_sequence_rule("lstm_counts", lstm_cell_ops))

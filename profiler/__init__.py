@@ -1,0 +1,22 @@
+"""hookprof: thop's one-line ``profile()``, counting attention, torch functions and every layer."""
+
+from __future__ import annotations
+
+from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
+from profiler.api import UncountedWarning, profile
+from profiler.result import ProfileResult
+from profiler.tree import Layer
+from profiler.units import clever_format
+
+__all__ = [
+    "CaptureError",
+    "Counts",
+    "Layer",
+    "ProfileResult",
+    "RuleError",
+    "UncountedWarning",
+    "clever_format",
+    "function_rule",
+    "module_rule",
+    "profile",
+]

@@ -1,0 +1,165 @@
+"""Aggregation: records and module facts in, a tree of layers out. Pure functions, no torch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from hooks import Counts, ModuleInfo, Record, Shape
+
+__all__ = ["Layer", "FunctionStat", "Uncounted", "build_tree", "walk", "uncounted_summary", "layer_info"]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStat:
+    """The torch function calls one layer made itself, grouped by function."""
+
+    function: str
+    calls: int
+    counts: Counts
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One module of the model with its own counts and its subtree's totals.
+
+    ``own`` is what the module's rule counted, or the torch functions its forward called itself;
+    ``total`` is ``own`` plus the children's totals. ``status`` is the status of its records
+    (``"uncounted"`` if any call was); a module never called is a ``"container"`` when its
+    children ran (a ``ModuleList``) and ``"not run"`` otherwise.
+    """
+
+    name: str
+    type: str
+    depth: int
+    calls: int
+    status: str
+    rule: str | None
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    own: Counts
+    total: Counts
+    own_params: int
+    params: int
+    functions: tuple[FunctionStat, ...] = ()
+    children: tuple[Layer, ...] = field(default=(), repr=False)
+
+    @property
+    def uncounted(self) -> bool:
+        """True when this layer or one of its functions ran without a rule."""
+        return self.status == "uncounted" or any(f.status == "uncounted" for f in self.functions)
+
+
+@dataclass(frozen=True, slots=True)
+class Uncounted:
+    """A module type or torch function that ran without a rule: its work is unknown, not zero."""
+
+    kind: str  # "module" or "function"
+    name: str
+    calls: int
+    layers: tuple[str, ...]
+
+
+def _counts(record: Record) -> Counts:
+    return Counts(record.macs, record.flops, record.matmul_flops)
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def build_tree(modules: Iterable[ModuleInfo], records: Iterable[Record]) -> Layer:
+    """The layer tree: one node per module not covered by an ancestor's rule."""
+    modules = list(modules)
+    by_module: dict[str, list[Record]] = defaultdict(list)
+    by_function: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.function is None:
+            by_module[record.name].append(record)
+        else:
+            by_function[record.name][record.function].append(record)
+
+    subtree_params: dict[str, int] = defaultdict(int)
+    for info in modules:
+        name = info.name
+        subtree_params[name] += info.params
+        while name:
+            name = _parent(name)
+            subtree_params[name] += info.params
+
+    children: dict[str, list[str]] = defaultdict(list)
+    infos = {}
+    for info in modules:
+        if info.covered:
+            continue
+        infos[info.name] = info
+        if info.name:
+            children[_parent(info.name)].append(info.name)
+
+    def build(name: str) -> Layer:
+        info = infos[name]
+        calls = by_module.get(name, [])
+        functions = tuple(
+            FunctionStat(
+                function,
+                len(recs),
+                sum((_counts(r) for r in recs), Counts()),
+                "uncounted" if any(r.status == "uncounted" for r in recs) else recs[0].status,
+            )
+            for function, recs in by_function.get(name, {}).items()
+        )
+        own = sum((_counts(r) for r in calls), Counts()) + sum((f.counts for f in functions), Counts())
+        kids = tuple(build(child) for child in children.get(name, ()))
+        statuses = {r.status for r in calls}
+        if calls:
+            status = "uncounted" if "uncounted" in statuses else calls[0].status
+        else:
+            status = "container" if any(k.status != "not run" for k in kids) else "not run"
+        return Layer(
+            name=name,
+            type=info.type,
+            depth=name.count(".") + 1 if name else 0,
+            calls=len(calls),
+            status=status,
+            rule=info.rule,
+            input_shapes=calls[0].input_shapes if calls else (),
+            output_shapes=calls[0].output_shapes if calls else (),
+            own=own,
+            total=own + sum((k.total for k in kids), Counts()),
+            own_params=info.params,
+            params=subtree_params[name],
+            functions=functions,
+            children=kids,
+        )
+
+    return build(modules[0].name)
+
+
+def walk(layer: Layer) -> Iterator[Layer]:
+    """The layers of a tree in pre-order (``named_modules()`` order)."""
+    yield layer
+    for child in layer.children:
+        yield from walk(child)
+
+
+def uncounted_summary(records: Iterable[Record]) -> tuple[Uncounted, ...]:
+    """Every module type and torch function that ran without a rule, with its calls and layers."""
+    calls: dict[tuple[str, str], int] = defaultdict(int)
+    layers: dict[tuple[str, str], dict[str, None]] = defaultdict(dict)
+    for record in records:
+        if record.status != "uncounted":
+            continue
+        key = ("module", record.type) if record.function is None else ("function", record.function)
+        calls[key] += 1
+        layers[key][record.name] = None
+    return tuple(Uncounted(kind, name, calls[kind, name], tuple(layers[kind, name])) for kind, name in calls)
+
+
+def layer_info(layer: Layer) -> dict[str, tuple[int, int, dict]]:
+    """thop's ``ret_layer_info`` shape: ``{child: (macs, params, {grandchildren...})}``."""
+    return {
+        child.name.rpartition(".")[2]: (child.total.macs, child.params, layer_info(child))
+        for child in layer.children
+    }

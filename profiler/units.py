@@ -1,0 +1,40 @@
+"""Numbers to strings: thop's ``clever_format`` and the table's count formats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["clever_format", "format_count", "UNITS"]
+
+UNITS = ("human", "exact")
+
+_SCALES = ((10**18, "E"), (10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
+
+
+def clever_format(nums: float | Iterable[float], format: str = "%.2f") -> str | tuple[str, ...]:
+    """thop's ``clever_format``: ``clever_format([macs, params])`` -> ``("4.11G", "25.56M")``."""
+    single = not isinstance(nums, Iterable)
+    values = [nums] if single else list(nums)
+    out = []
+    for num in values:
+        if num > 1e12:
+            out.append(format % (num / 1e12) + "T")
+        elif num > 1e9:
+            out.append(format % (num / 1e9) + "G")
+        elif num > 1e6:
+            out.append(format % (num / 1e6) + "M")
+        elif num > 1e3:
+            out.append(format % (num / 1e3) + "K")
+        else:
+            out.append(format % num + "B")
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def format_count(n: int, units: str = "human") -> str:
+    """``"exact"``: ``1,234,567``; ``"human"``: ``1.23M`` (K, M, G, T, P, E; plain below 1000)."""
+    if units == "exact":
+        return f"{n:,}"
+    for scale, suffix in _SCALES:
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
