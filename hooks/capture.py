@@ -76,7 +76,18 @@ def _is_floating(value: Any) -> bool:
     return False
 
 
+def _passes_through(args: tuple, output: Any) -> bool:
+    """True when ``output`` is one of the input tensors itself: the module did no work."""
+    return isinstance(output, torch.Tensor) and any(output is a for a in args)
+
+
 def _function_name(func: Callable) -> str:
+    """``torch.Tensor.add``, ``torch.nn.functional.linear``, ``torch.mm``: where users call it from."""
+    name = getattr(func, "__name__", None)
+    if name is not None:
+        for owner, prefix in ((torch.Tensor, "torch.Tensor."), (torch.nn.functional, "torch.nn.functional."), (torch, "torch.")):
+            if getattr(owner, name, None) is func:
+                return prefix + name
     return resolve_name(func) or getattr(func, "__qualname__", None) or repr(func)
 
 
@@ -173,7 +184,7 @@ class _Recorder(TorchFunctionMode):
                     self.suppress -= 1
                     if self.suppress:
                         return
-                elif leaf and frame[1] == 0:
+                elif leaf and frame[1] == 0 and not _passes_through(args, output):
                     status = "uncounted"
                 self.records.append(
                     Record(name, type_name, None, status,

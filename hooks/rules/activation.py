@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import free_modules, module_rule
+from hooks.registry import free_functions, free_modules, function_rule, module_rule
+from hooks.rules.common import arg
 
 __all__ = [
     "FLOPS_PER_ELEMENT",
@@ -26,6 +29,10 @@ __all__ = [
     "prelu_counts",
     "gelu_counts",
     "glu_counts",
+    "gelu_function_counts",
+    "glu_function_counts",
+    "softmax_function_counts",
+    "log_softmax_function_counts",
 ]
 
 # FLOPs per element of each activation's formula, keyed by a name the functional rules share.
@@ -146,3 +153,56 @@ for _key, _types in {
 
 # max(0, x), clamps and thresholds: comparisons only
 free_modules(nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold, nn.Hardshrink)
+
+
+def _functional(*names: str) -> list:
+    """``F.<name>``, ``torch.<name>`` and ``torch.Tensor.<name>`` (and in-place forms) that exist."""
+    found = []
+    for name in names:
+        for owner in (F, torch, torch.Tensor):
+            for variant in (name, f"{name}_"):
+                f = getattr(owner, variant, None)
+                if callable(f) and f not in found:
+                    found.append(f)
+    return found
+
+
+def _per_element_function_rule(key: str) -> Callable[[tuple, dict, object], Counts]:
+    def rule(args: tuple, kwargs: dict, out) -> Counts:
+        return Counts.elementwise(flops=FLOPS_PER_ELEMENT[key] * out.numel())
+
+    rule.__name__ = rule.__qualname__ = f"{key}_function_counts"
+    return rule
+
+
+for _key in FLOPS_PER_ELEMENT:
+    if _key != "prelu":
+        function_rule(*_functional(_key))(_per_element_function_rule(_key))
+function_rule(F.prelu)(_per_element_function_rule("prelu"))
+
+
+@function_rule(F.gelu)
+def gelu_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    approximate = arg(args, kwargs, 1, "approximate", "none")
+    return Counts.elementwise(flops=gelu_flops_per_element(approximate) * out.numel())
+
+
+@function_rule(F.glu)
+def glu_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    return Counts.elementwise(flops=(FLOPS_PER_ELEMENT["sigmoid"] + 1) * out.numel())
+
+
+@function_rule(*_functional("softmax", "softmin"))
+def softmax_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # 0 MACs as a function: MACs count matmul-like work only outside thop's module types
+    x = args[0]
+    return Counts.elementwise(flops=softmax_flops(x.numel(), _row_length(x, arg(args, kwargs, 1, "dim", None))))
+
+
+@function_rule(*_functional("log_softmax"))
+def log_softmax_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    x = args[0]
+    return Counts.elementwise(flops=log_softmax_flops(x.numel(), _row_length(x, arg(args, kwargs, 1, "dim", None))))
+
+
+free_functions(*_functional("relu", "relu6", "hardtanh", "threshold", "hardshrink"))

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from math import prod
 
+import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import module_rule
+from hooks.registry import function_rule, module_rule
+from hooks.rules.common import arg
 
-__all__ = ["conv_counts", "conv_transpose_counts", "conv_macs", "conv_transpose_macs"]
+__all__ = [
+    "conv_counts",
+    "conv_transpose_counts",
+    "conv_function_counts",
+    "conv_transpose_function_counts",
+    "conv_macs",
+    "conv_transpose_macs",
+]
 
 
 def conv_macs(output_numel: int, in_channels: int, groups: int, kernel: tuple[int, ...]) -> int:
@@ -35,3 +44,17 @@ def conv_transpose_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     return Counts.matmul(
         conv_transpose_macs(inputs[0].numel(), module.out_channels, module.groups, module.kernel_size)
     )
+
+
+@function_rule(F.conv1d, F.conv2d, F.conv3d)
+def conv_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # weight [Cout, Cin/g, *K]
+    weight = arg(args, kwargs, 1, "weight")
+    return Counts.matmul(out.numel() * prod(weight.shape[1:]))
+
+
+@function_rule(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+def conv_transpose_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # weight [Cin, Cout/g, *K]
+    x, weight = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight")
+    return Counts.matmul(x.numel() * prod(weight.shape[1:]))

@@ -9,13 +9,27 @@ normalise, 1 for the affine scale and 1 for the affine shift; RMSNorm: 2 for the
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import module_rule
+from hooks.registry import function_rule, module_rule
+from hooks.rules.common import arg
 
-__all__ = ["norm_flops", "rms_norm_flops", "batch_norm_counts", "instance_norm_counts",
-           "layer_norm_counts", "group_norm_counts", "rms_norm_counts"]
+__all__ = [
+    "norm_flops",
+    "rms_norm_flops",
+    "batch_norm_counts",
+    "instance_norm_counts",
+    "layer_norm_counts",
+    "group_norm_counts",
+    "rms_norm_counts",
+    "layer_norm_function_counts",
+    "group_norm_function_counts",
+    "batch_norm_function_counts",
+    "instance_norm_function_counts",
+    "rms_norm_function_counts",
+]
 
 
 def norm_flops(numel: int, batch_stats: bool, weight: bool, bias: bool) -> int:
@@ -75,3 +89,45 @@ def rms_norm_counts(module: nn.Module, inputs: tuple, output) -> Counts:
 
 if hasattr(nn, "RMSNorm"):  # torch >= 2.4
     module_rule(nn.RMSNorm)(rms_norm_counts)
+
+
+# As functions, norms count 0 MACs: MACs count matmul-like work outside thop's module types.
+
+
+@function_rule(F.layer_norm)
+def layer_norm_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # layer_norm(input, normalized_shape, weight, bias, eps)
+    weight, bias = arg(args, kwargs, 2, "weight", None), arg(args, kwargs, 3, "bias", None)
+    return Counts.elementwise(flops=norm_flops(out.numel(), True, weight is not None, bias is not None))
+
+
+@function_rule(F.group_norm)
+def group_norm_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # group_norm(input, num_groups, weight, bias, eps)
+    weight, bias = arg(args, kwargs, 2, "weight", None), arg(args, kwargs, 3, "bias", None)
+    return Counts.elementwise(flops=norm_flops(out.numel(), True, weight is not None, bias is not None))
+
+
+@function_rule(F.batch_norm)
+def batch_norm_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # batch_norm(input, running_mean, running_var, weight, bias, training, ...)
+    weight, bias = arg(args, kwargs, 3, "weight", None), arg(args, kwargs, 4, "bias", None)
+    batch_stats = arg(args, kwargs, 5, "training", False) or arg(args, kwargs, 1, "running_mean") is None
+    return Counts.elementwise(flops=norm_flops(out.numel(), batch_stats, weight is not None, bias is not None))
+
+
+@function_rule(F.instance_norm)
+def instance_norm_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, ...)
+    weight, bias = arg(args, kwargs, 3, "weight", None), arg(args, kwargs, 4, "bias", None)
+    batch_stats = arg(args, kwargs, 5, "use_input_stats", True)
+    return Counts.elementwise(flops=norm_flops(out.numel(), batch_stats, weight is not None, bias is not None))
+
+
+def rms_norm_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # rms_norm(input, normalized_shape, weight, eps)
+    return Counts.elementwise(flops=rms_norm_flops(out.numel(), arg(args, kwargs, 2, "weight", None) is not None))
+
+
+if hasattr(F, "rms_norm"):  # torch >= 2.4
+    function_rule(F.rms_norm)(rms_norm_function_counts)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from math import ceil, floor, prod
 
+import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import free_modules, module_rule
+from hooks.registry import free_functions, free_modules, function_rule, module_rule
+from hooks.rules.common import arg
 
 __all__ = [
     "adaptive_window_sum",
@@ -22,6 +24,7 @@ __all__ = [
     "adaptive_avg_pool_counts",
     "upsample_counts",
     "interpolate_counts",
+    "interpolate_function_counts",
 ]
 
 
@@ -102,3 +105,46 @@ def interpolate_counts(input_shape: Sequence[int], output_shape: Sequence[int], 
 def upsample_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     # [N, C, *S_in] -> [N, C, *S_out]; UpsamplingNearest2d and UpsamplingBilinear2d inherit this
     return interpolate_counts(inputs[0].shape, output.shape, module.mode)
+
+
+# As functions, pooling and interpolation count 0 MACs (thop's numbers are for its module types).
+
+
+def _avg_pool_function_rule(ndim: int) -> Callable[[tuple, dict, object], Counts]:
+    def avg_pool_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+        # avg_pool(input, kernel_size, ...)
+        k = arg(args, kwargs, 1, "kernel_size")
+        window = k**ndim if isinstance(k, int) else prod(k)
+        return Counts.elementwise(flops=out.numel() * window)
+
+    return avg_pool_function_counts
+
+
+def _adaptive_avg_pool_function_rule(ndim: int) -> Callable[[tuple, dict, object], Counts]:
+    def adaptive_avg_pool_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+        return Counts.elementwise(flops=_adaptive_avg(args[0].shape, out.shape, ndim).flops)
+
+    return adaptive_avg_pool_function_counts
+
+
+for _ndim, _avg, _adaptive in (
+    (1, F.avg_pool1d, F.adaptive_avg_pool1d),
+    (2, F.avg_pool2d, F.adaptive_avg_pool2d),
+    (3, F.avg_pool3d, F.adaptive_avg_pool3d),
+):
+    function_rule(_avg)(_avg_pool_function_rule(_ndim))
+    function_rule(_adaptive)(_adaptive_avg_pool_function_rule(_ndim))
+
+
+@function_rule(F.interpolate, F.upsample)
+def interpolate_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # interpolate(input, size, scale_factor, mode="nearest", ...)
+    mode = arg(args, kwargs, 3, "mode", "nearest")
+    return Counts.elementwise(flops=interpolate_counts(args[0].shape, out.shape, mode).flops)
+
+
+free_functions(
+    F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.max_unpool1d, F.max_unpool2d, F.max_unpool3d,
+)

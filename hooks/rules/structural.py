@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import free_modules, module_rule
+from hooks.registry import free_functions, free_modules, module_rule
 
 __all__ = ["embedding_bag_counts"]
 
@@ -32,3 +34,41 @@ def embedding_bag_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     weighted = len(inputs) > 2 and inputs[2] is not None
     flops = gathered * (2 if weighted else 1) + (output.numel() if module.mode == "mean" else 0)
     return Counts.elementwise(flops=flops)
+
+
+def _existing(*names: str) -> list:
+    """``torch.<name>``, ``torch.Tensor.<name>`` and ``F.<name>`` (and in-place forms) that exist."""
+    found = []
+    for name in names:
+        for owner in (torch, torch.Tensor, F):
+            for variant in (name, f"{name}_"):
+                f = getattr(owner, variant, None)
+                if callable(f) and f not in found:
+                    found.append(f)
+    return found
+
+
+# Views, copies, casts, indexing, creation and selection: data movement, no arithmetic.
+free_functions(
+    *_existing(
+        "view", "view_as", "reshape", "reshape_as", "transpose", "swapaxes", "swapdims", "t", "permute",
+        "movedim", "moveaxis", "contiguous", "expand", "expand_as", "broadcast_to", "repeat",
+        "repeat_interleave", "tile", "squeeze", "unsqueeze", "flatten", "unflatten", "ravel", "narrow",
+        "select", "index_select", "gather", "take", "take_along_dim", "chunk", "split", "tensor_split",
+        "split_with_sizes", "unbind", "cat", "concat", "concatenate", "stack", "hstack", "vstack",
+        "dstack", "flip", "roll", "diagonal", "diag", "diag_embed", "tril", "triu", "as_strided",
+        "unfold", "masked_fill", "masked_select", "masked_scatter", "index_fill", "index_copy",
+        "index_put", "scatter", "where", "clamp", "clip", "abs", "neg", "negative", "sign", "maximum",
+        "minimum", "max", "min", "amax", "amin", "aminmax", "sort", "topk", "msort", "floor", "ceil",
+        "round", "trunc", "nan_to_num", "to", "type", "type_as", "float", "double", "half", "bfloat16",
+        "cpu", "cuda", "clone", "detach", "copy_", "fill", "zero", "zeros", "zeros_like", "ones",
+        "ones_like", "full", "full_like", "empty", "empty_like", "new_zeros", "new_ones", "new_full",
+        "new_empty", "new_tensor", "tensor", "as_tensor", "arange", "linspace", "rand", "rand_like",
+        "randn", "randn_like", "requires_grad", "pad", "dropout", "dropout1d", "dropout2d",
+        "dropout3d", "alpha_dropout", "feature_alpha_dropout", "embedding", "pixel_shuffle",
+        "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+    ),
+    torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.T.__get__, torch.Tensor.mT.__get__,
+    torch.Tensor.H.__get__, torch.Tensor.mH.__get__, torch.Tensor.data.__get__, torch.Tensor.real.__get__,
+    torch.Tensor.__neg__, torch.Tensor.__abs__,
+)

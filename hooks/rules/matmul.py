@@ -1,0 +1,103 @@
+"""Matrix products written as torch functions: every output element is a dot product.
+
+MACs = output elements x contracted length; the ``add`` in ``addmm``/``baddbmm`` is a bias and,
+as in FlopCounterMode, not counted. ``einsum`` contracts its operands pairwise from left to
+right, as torch does without opt_einsum.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+
+from hooks.counts import Counts
+from hooks.registry import function_rule
+from hooks.rules.common import arg
+
+__all__ = ["matmul_counts", "addmm_counts", "addbmm_counts", "einsum_counts", "einsum_macs"]
+
+
+@function_rule(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
+               torch.bmm, torch.Tensor.bmm, torch.mv, torch.Tensor.mv, torch.dot, torch.Tensor.dot,
+               torch.vdot, torch.Tensor.vdot, torch.inner, torch.Tensor.inner)
+def matmul_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # [*, m, n] = [*, m, k] @ [*, k, n] (1-D operands drop m or n); broadcast batch dims included
+    return Counts.matmul(out.numel() * args[0].shape[-1])
+
+
+@function_rule(torch.Tensor.__rmatmul__)
+def rmatmul_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # b.__rmatmul__(a) is a @ b
+    return Counts.matmul(out.numel() * args[1].shape[-1])
+
+
+@function_rule(torch.addmm, torch.Tensor.addmm, torch.baddbmm, torch.Tensor.baddbmm,
+               torch.addmv, torch.Tensor.addmv)
+def addmm_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # out = beta * input + alpha * (m1 @ m2); m1 [*, m, k]
+    return Counts.matmul(out.numel() * arg(args, kwargs, 1, "mat1").shape[-1])
+
+
+@function_rule(torch.addbmm, torch.Tensor.addbmm)
+def addbmm_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # [m, n] = input + sum_b batch1[b] @ batch2[b]; batch1 [b, m, k], batch2 [b, k, n]
+    batch1 = arg(args, kwargs, 1, "batch1")
+    return Counts.matmul(batch1.numel() * arg(args, kwargs, 2, "batch2").shape[-1])
+
+
+def _parse_einsum(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str, dict[str, int]]:
+    """Operand subscripts, output subscripts and index sizes, with '...' as one letter per dim."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(f"einsum equation {equation!r} has {len(terms)} operands, got {len(shapes)}")
+    ellipsis_dims = max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes) if "..." in t), default=0)
+    ellipsis = "".join(chr(0x2460 + i) for i in range(ellipsis_dims))  # letters no equation uses
+    sizes: dict[str, int] = {}
+    operands = []
+    for term, shape in zip(terms, shapes):
+        n = len(shape) - len(term.replace("...", ""))
+        letters = term.replace("...", ellipsis[ellipsis_dims - n :])
+        for letter, size in zip(letters, shape):
+            sizes[letter] = max(sizes.get(letter, 1), size)  # broadcasting: 1 against n is n
+        operands.append(letters)
+    if arrow:
+        output = rhs.replace("...", ellipsis)
+    else:
+        letters = "".join(operands)
+        output = ellipsis + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ellipsis))
+    return operands, output, sizes
+
+
+def einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
+    """MACs of torch's pairwise left-to-right contraction of ``shapes`` by ``equation``.
+
+    Each pair is one batched matmul over the indices either operand still needs; an index only
+    one operand has and nothing later needs is summed out before (additions, not MACs).
+    """
+    operands, output, sizes = _parse_einsum(equation, shapes)
+    macs = 0
+    left = operands[0]
+    for i, right in enumerate(operands[1:], start=1):
+        later = set(output).union(*operands[i + 1 :])
+        left_kept = {c for c in left if c in right or c in later}
+        right_kept = {c for c in right if c in left or c in later}
+        indices = left_kept | right_kept
+        macs += prod(sizes[c] for c in indices)
+        left = "".join(sorted(c for c in indices if c in later))
+    return macs
+
+
+@function_rule(torch.einsum)
+def einsum_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # einsum(equation, *operands) or einsum(equation, [operands])
+    equation, operands = args[0], args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    shapes = [tuple(t.shape) for t in operands]
+    if len(shapes) == 1:
+        # a single operand only sums or permutes: one add per input element it reduces
+        return Counts.elementwise(flops=prod(shapes[0]) - out.numel() if prod(shapes[0]) > out.numel() else 0)
+    return Counts.matmul(einsum_macs(equation, shapes))
