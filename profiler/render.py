@@ -27,6 +27,7 @@ COLUMNS = {
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
 _NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct"}
+_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct"}
 MAX_AUTO_ROWS = 40
 
 
@@ -44,17 +45,18 @@ class Row:
     output_shapes: tuple[Shape, ...]
     params: int | None
     counts: Counts
+    uncounted: bool = False  # some work in this row ran without a rule
 
 
 def _layer_row(layer: Layer, prefix: str) -> Row:
     label = layer.name.rpartition(".")[2] if layer.name else layer.type
     return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status,
-               layer.input_shapes, layer.output_shapes, layer.params, layer.total)
+               layer.input_shapes, layer.output_shapes, layer.params, layer.total, layer.uncounted)
 
 
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
     return Row(prefix, stat.function.rpartition(".")[2] + "()", stat.function, depth, stat.calls,
-               stat.status, (), (), None, stat.counts)
+               stat.status, (), (), None, stat.counts, stat.status == "uncounted")
 
 
 def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
@@ -92,8 +94,14 @@ def _shapes(shapes: tuple[Shape, ...]) -> str:
     return ", ".join(str(list(s)) for s in shapes)
 
 
+def _count(row: Row, value: int, units: str) -> str:
+    """A count, or "uncounted" when none of the row's work has a rule; "+?" marks a lower bound."""
+    if row.uncounted and row.counts == Counts():
+        return "uncounted"
+    return format_count(value, units) + (" +?" if row.uncounted else "")
+
+
 def _cell(row: Row, column: str, root: Layer, units: str) -> str:
-    uncounted = row.status == "uncounted"
     if column == "layer":
         return row.prefix + row.label + (f" ×{row.calls}" if row.calls > 1 else "")
     if column == "type":
@@ -109,9 +117,9 @@ def _cell(row: Row, column: str, root: Layer, units: str) -> str:
     if column == "params_pct":
         return "" if row.params is None else _percent(row.params, root.params)
     if column in ("macs", "flops"):
-        return "uncounted" if uncounted else format_count(getattr(row.counts, column), units)
+        return _count(row, getattr(row.counts, column), units)
     if column == "macs_pct":
-        return "" if uncounted else _percent(row.counts.macs, root.total.macs)
+        return _percent(row.counts.macs, root.total.macs)
     raise ValueError(f"unknown column {column!r}; valid columns: {', '.join(COLUMNS)}")
 
 
@@ -142,9 +150,8 @@ def text_table(
     if depth is None:
         depth = auto_depth(root)
     body = [[_cell(row, c, root, units) for c in columns] for row in rows(root, depth)]
-    total = Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total)
-    body.append([_cell(total, c, root, units) if c in _NUMERIC else "" for c in columns])
-    body[-1][0] = "Total"
+    total = Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted)
+    body.append([_cell(total, c, root, units) if c in _TOTALS else "" for c in columns])
     colalign = ["right" if c in _NUMERIC else "left" for c in columns]
     text = tabulate(body, headers=[COLUMNS[c] for c in columns], tablefmt=tablefmt,
                     colalign=colalign, disable_numparse=True, preserve_whitespace=True)

@@ -45,11 +45,13 @@ class Layer:
     params: int
     functions: tuple[FunctionStat, ...] = ()
     children: tuple[Layer, ...] = field(default=(), repr=False)
+    uncounted_calls: int = 0
+    """Calls in this layer's subtree (module calls and torch function calls) that had no rule."""
 
     @property
     def uncounted(self) -> bool:
-        """True when this layer or one of its functions ran without a rule."""
-        return self.status == "uncounted" or any(f.status == "uncounted" for f in self.functions)
+        """True when some work in this layer's subtree ran without a rule."""
+        return self.uncounted_calls > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,9 @@ def build_tree(modules: Iterable[ModuleInfo], records: Iterable[Record]) -> Laye
             params=subtree_params[name],
             functions=functions,
             children=kids,
+            uncounted_calls=sum(r.status == "uncounted" for r in calls)
+            + sum(f.calls for f in functions if f.status == "uncounted")
+            + sum(k.uncounted_calls for k in kids),
         )
 
     return build(modules[0].name)

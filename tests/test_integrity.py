@@ -1,0 +1,138 @@
+"""The model comes back exactly as it went in: no hooks, buffers or attributes; modes restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.overrides import _get_current_function_mode_stack
+
+from hooks import CaptureError, RuleError
+from profiler import profile
+
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise ValueError("boom")
+
+
+def mixed_model(failing: bool = False) -> nn.Module:
+    """A model in train mode with a frozen, eval-mode BatchNorm inside, as in fine-tuning."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.Sequential(nn.Conv2d(8, 8, 3), Boom() if failing else nn.ReLU()),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 4),
+    )
+    model.train()
+    model[1].eval()
+    model[1].weight.requires_grad_(False)
+    return model
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": {name: m.training for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "attrs": {name: sorted(vars(m)) for name, m in model.named_modules()},
+        "hooks": {name: {d: dict(getattr(m, d)) for d in HOOK_DICTS} for name, m in model.named_modules()},
+        "buffers": {name: sorted(m._buffers) for name, m in model.named_modules()},
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), key
+    for part in ("training", "requires_grad", "attrs", "hooks", "buffers"):
+        assert after[part] == before[part], part
+    assert _get_current_function_mode_stack() == []
+    assert torch.is_grad_enabled()
+
+
+def test_model_untouched_after_profile():
+    model = mixed_model()
+    before = snapshot(model)
+    profile(model, inputs=(torch.rand(1, 3, 8, 8),))
+    assert_unchanged(model, before)
+    assert model.training and not model[1].training
+
+
+def test_model_untouched_when_forward_raises():
+    model = mixed_model(failing=True)
+    before = snapshot(model)
+    with pytest.raises(CaptureError) as info:
+        profile(model, inputs=(torch.rand(1, 3, 8, 8),))
+    assert "while running layer '2.1' (Boom) with input shapes [(1, 8, 4, 4)]" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert_unchanged(model, before)
+
+
+def test_model_untouched_when_a_rule_raises():
+    model = mixed_model()
+    before = snapshot(model)
+
+    def broken(module, inputs, output):
+        raise ZeroDivisionError("bad rule")
+
+    with pytest.raises(RuleError, match=r"rule test_model_untouched_when_a_rule_raises.<locals>.broken failed on layer '0' \(Conv2d\)"):
+        profile(model, inputs=(torch.rand(1, 3, 8, 8),), custom_ops={nn.Conv2d: broken})
+    assert_unchanged(model, before)
+
+
+def test_keyboard_interrupt_passes_through_and_cleans_up():
+    class Interrupt(nn.Module):
+        def forward(self, x):
+            raise KeyboardInterrupt
+
+    model = nn.Sequential(nn.Linear(2, 2), Interrupt())
+    before = snapshot(model)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, inputs=(torch.rand(1, 2),))
+    assert_unchanged(model, before)
+
+
+def test_user_hooks_survive_and_still_fire():
+    model = mixed_model()
+    fired = []
+    model[0].register_forward_hook(lambda m, i, o: fired.append("post"))
+    model[0].register_forward_pre_hook(lambda m, i: fired.append("pre"))
+    before = snapshot(model)
+    profile(model, inputs=(torch.rand(1, 3, 8, 8),))
+    assert fired == ["pre", "post"]
+    assert_unchanged(model, before)
+
+
+def test_grad_mode_restored_when_profiling_under_no_grad():
+    model = mixed_model()
+    with torch.no_grad():
+        profile(model, inputs=(torch.rand(1, 3, 8, 8),))
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+
+
+def test_forward_runs_in_eval_mode():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return x
+
+    model = nn.Sequential(Probe()).train()
+    profile(model, inputs=(torch.rand(1),))
+    assert seen == [False]
+    assert model.training and model[0].training
