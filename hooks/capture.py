@@ -11,7 +11,8 @@ module's ``training`` flag restored, before :func:`capture` returns or raises.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from hooks.counts import Counts
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 
-__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "capture", "shapes_of"]
+__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture", "shapes_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +104,40 @@ def _bind(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
     return bound.args
 
 
-def _describe(model: nn.Module, resolver: Resolver) -> Iterator[tuple[ModuleInfo, nn.Module, Rule | None]]:
-    owned: set[int] = set()
-    ruled_prefixes: list[str] = []
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    name: str
+    module: nn.Module
+    rule: Rule | None
+    covered: bool
+
+
+def _plan(model: nn.Module, resolver: Resolver) -> list[_Planned]:
+    """Each module with its rule; a module under a ruled ancestor is covered and gets no hooks."""
+    planned = []
+    absorbed: set[str] = set()  # modules whose subtree a rule counts
     for name, module in model.named_modules():
-        params = 0
-        for p in module.parameters(recurse=False):
-            if id(p) not in owned:
-                owned.add(id(p))
-                params += p.numel()
-        covered = any(name.startswith(prefix) for prefix in ruled_prefixes)
+        covered = bool(name) and name.rpartition(".")[0] in absorbed
         rule = None if covered else resolver.module_rule(type(module))
-        if rule is not None:
-            ruled_prefixes.append(f"{name}." if name else "")
-        info = ModuleInfo(name, type(module).__name__, params, rule.name if rule else None, covered)
-        yield info, module, rule
+        if covered or rule is not None:
+            absorbed.add(name)
+        planned.append(_Planned(name, module, rule, covered))
+    return planned
+
+
+def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
+    """Facts read after the forward, when lazy modules have their parameters and final class."""
+    owned: set[int] = set()
+    infos = []
+    for p in planned:
+        params = 0
+        for parameter in p.module.parameters(recurse=False):
+            if id(parameter) not in owned:
+                owned.add(id(parameter))
+                params += parameter.numel()
+        rule = p.rule.name if p.rule else None
+        infos.append(ModuleInfo(p.name, type(p.module).__name__, params, rule, p.covered))
+    return tuple(infos)
 
 
 class _Recorder(TorchFunctionMode):
@@ -138,10 +158,10 @@ class _Recorder(TorchFunctionMode):
             return out
         frame = self.stack[-1]
         frame[1] += 1
+        if not _is_floating(out):  # integer, boolean and non-tensor results are free
+            return out
         rule = self.function_rules.get(func)
         if rule is not None and rule.free:
-            return out
-        if rule is None and not _is_floating(out):
             return out
         with torch._C.DisableTorchFunction():
             name = _function_name(func)
@@ -162,14 +182,13 @@ class _Recorder(TorchFunctionMode):
             )
         return out
 
-    def hooks_for(self, module: nn.Module, info: ModuleInfo, rule: Rule | None) -> tuple[Callable, Callable]:
-        name, type_name = info.name, info.type
+    def hooks_for(self, module: nn.Module, name: str, rule: Rule | None) -> tuple[Callable, Callable]:
         leaf = next(module.children(), None) is None
         ruled = rule is not None
 
         def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             self.stack.append([name, 0])
-            self.last = (name, type_name, args)
+            self.last = (name, mod, args)
             if ruled:
                 self.suppress += 1
 
@@ -180,14 +199,14 @@ class _Recorder(TorchFunctionMode):
                     frame = self.stack.pop()
                 counts, status = Counts(), "traced"
                 if ruled:
-                    counts, status = self._apply(rule, mod, info, _bind(mod, args, kwargs), output)
+                    counts, status = self._apply(rule, mod, name, _bind(mod, args, kwargs), output)
                     self.suppress -= 1
                     if self.suppress:
                         return
                 elif leaf and frame[1] == 0 and not _passes_through(args, output):
                     status = "uncounted"
                 self.records.append(
-                    Record(name, type_name, None, status,
+                    Record(name, type(mod).__name__, None, status,
                            shapes_of(args) + shapes_of(kwargs), shapes_of(output),
                            counts.macs, counts.flops, counts.matmul_flops, rule.name if ruled else None)
                 )
@@ -195,22 +214,47 @@ class _Recorder(TorchFunctionMode):
         return pre_hook, post_hook
 
     @staticmethod
-    def _apply(rule: Rule, module: nn.Module, info: ModuleInfo, inputs: tuple, output: Any) -> tuple[Counts, str]:
+    def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> tuple[Counts, str]:
         if rule.free:
             return Counts(), "free"
         try:
             counts = rule.fn(module, inputs, output)
         except Exception as exc:
             raise RuleError(
-                f"rule {rule.name} failed on layer '{info.name}' ({info.type}) with input shapes "
+                f"rule {rule.name} failed on layer '{name}' ({type(module).__name__}) with input shapes "
                 f"{list(shapes_of(inputs))}: {exc}"
             ) from exc
         if not isinstance(counts, Counts):
             raise RuleError(
-                f"rule {rule.name} returned {type(counts).__name__} on layer '{info.name}' "
-                f"({info.type}); a rule returns Counts"
+                f"rule {rule.name} returned {type(counts).__name__} on layer '{name}' "
+                f"({type(module).__name__}); a rule returns Counts"
             )
         return counts, "counted"
+
+
+@contextmanager
+def attached(
+    model: nn.Module, hooks: Iterable[tuple[nn.Module, Callable, Callable]], *, with_kwargs: bool = True
+) -> Iterator[None]:
+    """Attach ``(module, pre_hook, post_hook)`` triples; run the body in eval mode without grad.
+
+    On exit, also by an exception or ``KeyboardInterrupt``, every handle is removed and every
+    module's own ``training`` flag restored.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    handles = []
+    try:
+        for module, pre_hook, post_hook in hooks:
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=with_kwargs))
+            handles.append(module.register_forward_hook(post_hook, with_kwargs=with_kwargs))
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
 
 
 def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
@@ -220,31 +264,18 @@ def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Ca
     when ``call`` raises; a forward that raises is re-raised as :class:`CaptureError` naming the
     last layer that started, with the original exception chained.
     """
-    described = list(_describe(model, resolver))
+    planned = _plan(model, resolver)
     recorder = _Recorder(resolver.function_rules)
-    modes = [(module, module.training) for _, module, _ in described]
-    handles = []
+    hooks = ((p.module, *recorder.hooks_for(p.module, p.name, p.rule)) for p in planned if not p.covered)
     try:
-        for info, module, rule in described:
-            if info.covered:
-                continue
-            pre_hook, post_hook = recorder.hooks_for(module, info, rule)
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-        model.eval()
-        with torch.no_grad(), recorder:
+        with attached(model, hooks), recorder:
             output = call()
     except RuleError:
         raise
     except Exception as exc:
         where = ""
         if recorder.last is not None:
-            name, type_name, args = recorder.last
-            where = f" while running layer '{name}' ({type_name}) with input shapes {list(shapes_of(args))}"
+            name, module, args = recorder.last
+            where = f" while running layer '{name}' ({type(module).__name__}) with input shapes {list(shapes_of(args))}"
         raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training
-    return Capture(tuple(info for info, _, _ in described), tuple(recorder.records), output)
+    return Capture(_module_infos(planned), tuple(recorder.records), output)

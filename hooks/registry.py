@@ -37,11 +37,15 @@ FunctionRuleFn = Callable[[tuple, dict, Any], Counts]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A named counting rule; ``free`` rules count 0 by decision and are never called."""
+    """A named counting rule; ``free`` rules count 0 by decision and are never called.
+
+    ``thop`` says where thop 0.1.1's number for the same types is wrong, for comparisons.
+    """
 
     name: str
     fn: Callable[..., Counts] | None = None
     free: bool = False
+    thop: str | None = None
 
 
 FREE = Rule(name="free", free=True)
@@ -82,11 +86,12 @@ class Registry:
         for f in functions:
             self.function_rules[f] = rule
 
-    def module_rule(self, *types: type) -> Callable[[ModuleRuleFn], ModuleRuleFn]:
-        """Decorator: ``@module_rule(nn.Conv1d, nn.Conv2d)`` over ``fn(module, inputs, output)``."""
+    def module_rule(self, *types: type, thop: str | None = None) -> Callable[[ModuleRuleFn], ModuleRuleFn]:
+        """Decorator: ``@module_rule(nn.Conv1d, nn.Conv2d)`` over ``fn(module, inputs, output)``;
+        ``thop`` names where thop's number for these types is wrong."""
 
         def register(fn: ModuleRuleFn) -> ModuleRuleFn:
-            self.add_module_rule(types, Rule(name=fn.__name__, fn=fn))
+            self.add_module_rule(types, Rule(name=fn.__name__, fn=fn, thop=thop))
             return fn
 
         return register

@@ -14,7 +14,7 @@ from torch import nn
 
 from profiler import profile
 
-from tests.conftest import load_example
+from conftest import load_example
 
 
 def thop_counts(model: nn.Module, x) -> tuple[float, float]:

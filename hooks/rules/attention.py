@@ -1,8 +1,8 @@
 """Attention: ``nn.MultiheadAttention`` as one module rule, and its functional forms.
 
 MACs per call: the q/k/v input projections, the scores ``q @ k^T`` (L x S x head_dim per head),
-the weighted sum ``attn @ v`` (L x S x head_dim per head) and the output projection. FLOPs add the
-softmax over each row of S scores (3S - 1 each). A causal or padding mask changes nothing: the
+the weighted sum ``attn @ v`` (L x S x head_dim per head) and the output projection. FLOPs add one
+multiply per score for the scaling and the softmax over each row of S scores (3S - 1 each). A causal or padding mask changes nothing: the
 kernels compute (or, for fused ones, are charged for) the full L x S score matrix, as
 FlopCounterMode counts them. The count does not depend on which kernel PyTorch picks.
 """
@@ -21,11 +21,12 @@ __all__ = ["attention_counts", "mha_counts", "multihead_attention_counts", "sdpa
 
 
 def attention_counts(heads_x_queries: int, kv_len: int, qk_dim: int, v_dim: int) -> Counts:
-    """Scores, softmax and weighted sum for ``heads_x_queries`` query rows against ``kv_len`` keys."""
-    # scores [*, L, S] = q [*, L, E] @ k^T [*, E, S]; out [*, L, Ev] = attn [*, L, S] @ v [*, S, Ev]
+    """Scores, their scaling and softmax, and the weighted sum, for ``heads_x_queries`` query rows
+    against ``kv_len`` keys."""
+    # scores [*, L, S] = q [*, L, E] @ k^T [*, E, S] * scale; out [*, L, Ev] = attn [*, L, S] @ v [*, S, Ev]
     scores = heads_x_queries * kv_len
     matmul = Counts.matmul(scores * (qk_dim + v_dim))
-    return matmul + Counts.elementwise(flops=softmax_flops(scores, kv_len))
+    return matmul + Counts.elementwise(flops=scores + softmax_flops(scores, kv_len))
 
 
 def mha_counts(
@@ -80,5 +81,4 @@ def sdpa_counts(args: tuple, kwargs: dict, out) -> Counts:
     # q [*, Hq, L, E], k [*, Hkv, S, E], v [*, Hkv, S, Ev] -> [*, Hq, L, Ev]; GQA shares k/v heads
     query, key, value = (arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
     rows = query.numel() // query.shape[-1]
-    counts = attention_counts(rows, key.shape[-2], query.shape[-1], value.shape[-1])
-    return counts + Counts.elementwise(flops=rows * key.shape[-2])  # scaling each score
+    return attention_counts(rows, key.shape[-2], query.shape[-1], value.shape[-1])

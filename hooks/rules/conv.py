@@ -33,13 +33,16 @@ def conv_transpose_macs(input_numel: int, out_channels: int, groups: int, kernel
     return input_numel * (out_channels // groups) * prod(kernel)
 
 
-@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, thop="thop reads Cin from the input's dim 1, which is wrong for unbatched input")
 def conv_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     # thop reads Cin from input.shape[1], which is wrong for unbatched input; in_channels is not
     return Counts.matmul(conv_macs(output.numel(), module.in_channels, module.groups, module.kernel_size))
 
 
-@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@module_rule(
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    thop="thop counts ConvTranspose over the output size instead of the input size",
+)
 def conv_transpose_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     return Counts.matmul(
         conv_transpose_macs(inputs[0].numel(), module.out_channels, module.groups, module.kernel_size)

@@ -7,7 +7,7 @@ right, as torch does without opt_einsum.
 
 from __future__ import annotations
 
-from math import prod
+from math import isqrt, prod
 
 import torch
 
@@ -15,10 +15,20 @@ from hooks.counts import Counts
 from hooks.registry import function_rule
 from hooks.rules.common import arg
 
-__all__ = ["matmul_counts", "addmm_counts", "addbmm_counts", "einsum_counts", "einsum_macs"]
+__all__ = [
+    "matmul_counts",
+    "addmm_counts",
+    "addbmm_counts",
+    "einsum_counts",
+    "einsum_counts_of",
+    "tensordot_counts",
+    "multi_dot_counts",
+    "outer_counts",
+    "cdist_counts",
+]
 
 
-@function_rule(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
+@function_rule(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.linalg.matmul, torch.mm, torch.Tensor.mm,
                torch.bmm, torch.Tensor.bmm, torch.mv, torch.Tensor.mv, torch.dot, torch.Tensor.dot,
                torch.vdot, torch.Tensor.vdot, torch.inner, torch.Tensor.inner)
 def matmul_counts(args: tuple, kwargs: dict, out) -> Counts:
@@ -71,23 +81,27 @@ def _parse_einsum(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[st
     return operands, output, sizes
 
 
-def einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
-    """MACs of torch's pairwise left-to-right contraction of ``shapes`` by ``equation``.
+def einsum_counts_of(equation: str, shapes: list[tuple[int, ...]]) -> Counts:
+    """Counts of torch's pairwise left-to-right contraction of ``shapes`` by ``equation``.
 
-    Each pair is one batched matmul over the indices either operand still needs; an index only
-    one operand has and nothing later needs is summed out before (additions, not MACs).
+    Each pair is one batched matmul over the indices either operand still needs: MACs = the
+    product of their sizes. A pair that sums no index is an elementwise product (torch runs it
+    as ``mul``): one FLOP per element, no MACs. An index only one operand has and nothing later
+    needs is summed out before (additions, not counted).
     """
     operands, output, sizes = _parse_einsum(equation, shapes)
-    macs = 0
+    counts = Counts()
     left = operands[0]
     for i, right in enumerate(operands[1:], start=1):
         later = set(output).union(*operands[i + 1 :])
         left_kept = {c for c in left if c in right or c in later}
         right_kept = {c for c in right if c in left or c in later}
         indices = left_kept | right_kept
-        macs += prod(sizes[c] for c in indices)
+        work = prod(sizes[c] for c in indices)
+        summed = (left_kept & right_kept) - later
+        counts += Counts.matmul(work) if summed else Counts.elementwise(flops=work)
         left = "".join(sorted(c for c in indices if c in later))
-    return macs
+    return counts
 
 
 @function_rule(torch.einsum)
@@ -100,4 +114,55 @@ def einsum_counts(args: tuple, kwargs: dict, out) -> Counts:
     if len(shapes) == 1:
         # a single operand only sums or permutes: one add per input element it reduces
         return Counts.elementwise(flops=prod(shapes[0]) - out.numel() if prod(shapes[0]) > out.numel() else 0)
-    return Counts.matmul(einsum_macs(equation, shapes))
+    return einsum_counts_of(equation, shapes)
+
+
+@function_rule(torch.tensordot)
+def tensordot_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # a [*free_a, *K], b [*K, *free_b] -> [*free_a, *free_b]: a * b / out = K^2
+    a, b = args[0], args[1]
+    contracted = isqrt(a.numel() * b.numel() // out.numel()) if out.numel() else 0
+    return Counts.matmul(out.numel() * contracted)
+
+
+def _chain_macs(dims: list[int]) -> int:
+    """MACs of the cheapest order to multiply matrices [dims[0], dims[1]], [dims[1], dims[2]]..."""
+    n = len(dims) - 1
+    cost = [[0] * n for _ in range(n)]
+    for length in range(2, n + 1):
+        for i in range(n - length + 1):
+            j = i + length - 1
+            cost[i][j] = min(
+                cost[i][k] + cost[k + 1][j] + dims[i] * dims[k + 1] * dims[j + 1] for k in range(i, j)
+            )
+    return cost[0][n - 1]
+
+
+@function_rule(torch.linalg.multi_dot)
+def multi_dot_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # torch multiplies in the cheapest order; a 1-D first (last) operand is a row (column)
+    tensors = list(arg(args, kwargs, 0, "tensors"))
+    shapes = [tuple(t.shape) for t in tensors]
+    if len(shapes[0]) == 1:
+        shapes[0] = (1, shapes[0][0])
+    if len(shapes[-1]) == 1:
+        shapes[-1] = (shapes[-1][0], 1)
+    return Counts.matmul(_chain_macs([shapes[0][0]] + [s[1] for s in shapes]))
+
+
+@function_rule(torch.outer, torch.Tensor.outer, torch.ger, torch.Tensor.ger, torch.kron, torch.Tensor.kron)
+def outer_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # every output element is one product: no sum, so no MACs (as torch's mul, and FlopCounterMode)
+    return Counts.elementwise(flops=out.numel())
+
+
+@function_rule(torch.addr, torch.Tensor.addr)
+def addr_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # beta * input + alpha * outer(vec1, vec2): a product and a sum per output element
+    return Counts.elementwise(flops=2 * out.numel())
+
+
+@function_rule(torch.cdist)
+def cdist_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # [*, P, R] = cdist([*, P, D], [*, R, D]): per pair and dimension a difference, a power and a sum
+    return Counts.elementwise(flops=3 * out.numel() * args[0].shape[-1])

@@ -91,9 +91,14 @@ def _sequence_rule(name: str, cell_ops: CellOps) -> Callable[[nn.Module, tuple, 
     return rule
 
 
-module_rule(nn.RNNCell)(_cell_rule("rnn_cell_counts", rnn_cell_ops))
-module_rule(nn.GRUCell)(_cell_rule("gru_cell_counts", gru_cell_ops))
-module_rule(nn.LSTMCell)(_cell_rule("lstm_cell_counts", lstm_cell_ops))
-module_rule(nn.RNN)(_sequence_rule("rnn_counts", rnn_cell_ops))
-module_rule(nn.GRU)(_sequence_rule("gru_counts", gru_cell_ops))
-module_rule(nn.LSTM)(_sequence_rule("lstm_counts", lstm_cell_ops))
+_CELL_THOP = "thop reads the batch from dim 0, which is wrong for unbatched input"
+_SEQUENCE_THOP = (
+    "thop ignores proj_size, counts packed sequences at the longest length and largest batch, "
+    "and reads features as batch for unbatched input"
+)
+module_rule(nn.RNNCell, thop=_CELL_THOP)(_cell_rule("rnn_cell_counts", rnn_cell_ops))
+module_rule(nn.GRUCell, thop=_CELL_THOP)(_cell_rule("gru_cell_counts", gru_cell_ops))
+module_rule(nn.LSTMCell, thop=_CELL_THOP)(_cell_rule("lstm_cell_counts", lstm_cell_ops))
+module_rule(nn.RNN, thop=_SEQUENCE_THOP)(_sequence_rule("rnn_counts", rnn_cell_ops))
+module_rule(nn.GRU, thop=_SEQUENCE_THOP)(_sequence_rule("gru_counts", gru_cell_ops))
+module_rule(nn.LSTM, thop=_SEQUENCE_THOP)(_sequence_rule("lstm_counts", lstm_cell_ops))
