@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
 from profiler.api import UncountedWarning, profile
+from profiler.compare import Comparison, compare_with_thop
 from profiler.result import ProfileResult
 from profiler.tree import Layer
 from profiler.units import clever_format
 
 __all__ = [
     "CaptureError",
+    "Comparison",
     "Counts",
     "Layer",
     "ProfileResult",
     "RuleError",
     "UncountedWarning",
     "clever_format",
+    "compare_with_thop",
     "function_rule",
     "module_rule",
     "profile",

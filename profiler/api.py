@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from hooks import REGISTRY, Rule, capture, custom_rule
+from hooks.timing import time_modules
 from profiler.result import ProfileResult
 from profiler.tree import build_tree, uncounted_summary
 
-__all__ = ["profile", "UncountedWarning"]
+__all__ = ["profile", "forward_arguments", "UncountedWarning"]
 
 
 class UncountedWarning(UserWarning):
@@ -21,14 +22,53 @@ class UncountedWarning(UserWarning):
 
 
 def _normalise_inputs(inputs: Any) -> tuple:
-    if inputs is None:
-        return ()
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs)
     hint = " (pass keyword arguments as kwargs=...)" if isinstance(inputs, Mapping) else ""
     raise TypeError(f"inputs must be a tensor or a tuple/list of forward's arguments, not {type(inputs).__name__}{hint}")
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model's first floating-point parameter or buffer lives (CPU float32 if none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _random_inputs(model: nn.Module, input_size: Any, input_dtype: torch.dtype | None) -> tuple:
+    """One tensor per size: uniform [0, 1) on the model's device and dtype; zeros (a valid token
+    id everywhere) for an integer ``input_dtype``."""
+    sizes = list(input_size) if input_size and isinstance(input_size[0], (tuple, list, torch.Size)) else [input_size]
+    for size in sizes:
+        if not isinstance(size, (tuple, list, torch.Size)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in size
+        ):
+            raise ValueError(
+                f"input_size must be a sequence of non-negative ints or a list of them, e.g. (1, 3, 224, 224); got {input_size!r}"
+            )
+    device, dtype = _device_and_dtype(model)
+    dtype = input_dtype or dtype
+    if dtype.is_floating_point or dtype.is_complex:
+        return tuple(torch.rand(tuple(size), dtype=dtype, device=device) for size in sizes)
+    return tuple(torch.zeros(tuple(size), dtype=dtype, device=device) for size in sizes)
+
+
+def forward_arguments(
+    model: nn.Module, inputs: Any, input_size: Any, input_dtype: torch.dtype | None, kwargs: Mapping | None
+) -> tuple:
+    """The positional arguments for ``forward``: ``inputs`` normalised, or built from ``input_size``."""
+    if inputs is not None and input_size is not None:
+        raise TypeError("pass either inputs= or input_size=, not both")
+    if inputs is None and input_size is None and not kwargs:
+        raise TypeError("nothing to call forward with: pass inputs=(x,), input_size=(...) or kwargs={...}")
+    if input_dtype is not None and input_size is None:
+        raise TypeError("input_dtype= goes with input_size=")
+    if input_size is not None:
+        return _random_inputs(model, input_size, input_dtype)
+    return () if inputs is None else _normalise_inputs(inputs)
 
 
 def _custom_rules(custom_ops: Mapping[type, Callable] | None) -> dict[type, Rule]:
@@ -51,6 +91,11 @@ def profile(
     report_missing: bool = False,
     *,
     kwargs: Mapping[str, Any] | None = None,
+    input_size: Any = None,
+    input_dtype: torch.dtype | None = None,
+    measure_time: bool = False,
+    repeats: int = 5,
+    warmup: int = 1,
 ) -> ProfileResult:
     """Count the MACs, FLOPs and parameters of one forward pass of ``model``.
 
@@ -60,18 +105,36 @@ def profile(
     exactly as it was. ``custom_ops`` maps module types to thop-style rules
     ``fn(module, inputs, output)``. Returns a :class:`ProfileResult`, which unpacks as
     ``macs, params`` (``macs, params, layer_info`` with ``ret_layer_info=True``).
+
+    ``input_size=(1, 3, 224, 224)`` (or a list of sizes) builds random inputs instead, on the
+    model's device and dtype (``input_dtype=torch.long`` for token ids: zeros).
+    ``measure_time=True`` then times every layer: ``warmup`` forwards, then the median of
+    ``repeats`` timed forwards (CUDA synchronised), in separate passes after the counting one.
     """
     if isinstance(model, type):
         raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
-    args = _normalise_inputs(inputs)
+    args = forward_arguments(model, inputs, input_size, input_dtype, kwargs)
+    if measure_time and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+        raise ValueError(f"repeats must be a positive integer, not {repeats!r}")
+    if measure_time and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
+        raise ValueError(f"warmup must be an integer >= 0, not {warmup!r}")
     forward_kwargs = dict(kwargs or {})
     resolver = REGISTRY.resolver(_custom_rules(custom_ops))
 
-    result = capture(model, lambda: model(*args, **forward_kwargs), resolver)
+    def call() -> Any:
+        return model(*args, **forward_kwargs)
 
-    root = build_tree(result.modules, result.records)
+    result = capture(model, call, resolver)
+    times = None
+    if measure_time:
+        named = dict(model.named_modules())
+        timed = [(named[info.name], info.name) for info in result.modules if not info.covered]
+        on_cuda = any(t.is_cuda for t in (*args, *forward_kwargs.values(), *model.parameters()) if isinstance(t, torch.Tensor))
+        times = time_modules(model, call, timed, repeats=repeats, warmup=warmup, synchronize=on_cuda)
+
+    root = build_tree(result.modules, result.records, times)
     uncounted = uncounted_summary(result.records)
     if verbose:
         for rule_name, types in _rules_used(result.modules).items():

@@ -1,4 +1,4 @@
-"""Rendering: the layer tree as rows, then as a tabulate table. Pure functions of the tree."""
+"""Rendering: the layer tree as rows, rows as cells, cells as a tabulate table. Pure functions."""
 
 from __future__ import annotations
 
@@ -8,10 +8,24 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from hooks import Counts, Shape
-from profiler.tree import FunctionStat, Layer, Uncounted
-from profiler.units import UNITS, format_count
+from profiler.tree import FunctionStat, Layer, Uncounted, walk
+from profiler.units import UNITS, format_count, format_rate, format_seconds
 
-__all__ = ["COLUMNS", "DEFAULT_COLUMNS", "Row", "rows", "auto_depth", "text_table", "uncounted_note"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_COLUMNS",
+    "SORT_KEYS",
+    "Row",
+    "TableOptions",
+    "auto_depth",
+    "cells",
+    "headers",
+    "rows",
+    "select_rows",
+    "text_table",
+    "total_row",
+    "uncounted_note",
+]
 
 COLUMNS = {
     "layer": "Layer",
@@ -24,10 +38,14 @@ COLUMNS = {
     "macs": "MACs",
     "flops": "FLOPs",
     "macs_pct": "MACs %",
+    "time": "Time",
+    "flops_per_s": "FLOP/s",
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
-_NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct"}
-_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct"}
+TIME_COLUMNS = ("time", "flops_per_s")
+SORT_KEYS = ("macs", "flops", "params", "time")
+NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
+_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
 MAX_AUTO_ROWS = 40
 
 
@@ -46,12 +64,41 @@ class Row:
     params: int | None
     counts: Counts
     uncounted: bool = False  # some work in this row ran without a rule
+    time: float | None = None  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class TableOptions:
+    """What a table shows; checked up front so a bad value fails before any rendering."""
+
+    depth: int | None = None
+    columns: tuple[str, ...] = DEFAULT_COLUMNS
+    sort_by: str | None = None
+    top: int | None = None
+    units: str = "human"
+
+    def validate(self, timed: bool) -> None:
+        """Raise ``ValueError`` naming the bad option and listing the valid ones."""
+        bad = [c for c in self.columns if c not in COLUMNS]
+        if bad:
+            raise ValueError(f"unknown column(s) {', '.join(map(repr, bad))}; valid columns: {', '.join(COLUMNS)}")
+        if self.units not in UNITS:
+            raise ValueError(f"unknown units {self.units!r}; valid units: {', '.join(UNITS)}")
+        if self.sort_by is not None and self.sort_by not in SORT_KEYS:
+            raise ValueError(f"unknown sort key {self.sort_by!r}; valid keys: {', '.join(SORT_KEYS)}")
+        if self.top is not None and (isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 1):
+            raise ValueError(f"top must be a positive integer, not {self.top!r}")
+        if self.depth is not None and (isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0):
+            raise ValueError(f"depth must be None or an integer >= 0, not {self.depth!r}")
+        needs_time = [c for c in self.columns if c in TIME_COLUMNS] + (["sort_by='time'"] if self.sort_by == "time" else [])
+        if needs_time and not timed:
+            raise ValueError(f"{', '.join(needs_time)} needs timings: profile(..., measure_time=True)")
 
 
 def _layer_row(layer: Layer, prefix: str) -> Row:
     label = layer.name.rpartition(".")[2] if layer.name else layer.type
-    return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status,
-               layer.input_shapes, layer.output_shapes, layer.params, layer.total, layer.uncounted)
+    return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status, layer.input_shapes,
+               layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time)
 
 
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
@@ -60,9 +107,9 @@ def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
 
 
 def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
-    """Rows in tree order down to ``depth`` (None: all). A layer that has children shows the
-    torch functions it called itself as rows of their own, so each parent row is the sum of the
-    rows under it."""
+    """Tree rows down to ``depth`` (None: all). A layer that has children shows the torch
+    functions it called itself as rows of their own, so each parent row is the sum of the rows
+    under it."""
 
     def visit(layer: Layer, lead: str, glyph: str) -> Iterator[Row]:
         yield _layer_row(layer, lead + glyph)
@@ -81,6 +128,32 @@ def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
     yield from visit(root, "", "")
 
 
+def _own_row(layer: Layer) -> Row:
+    """A layer's own work (its rule, or the functions it called itself), not its children's."""
+    uncounted = layer.status == "uncounted" or any(f.status == "uncounted" for f in layer.functions)
+    return Row("", layer.name or layer.type, layer.type, layer.depth, layer.calls, layer.status,
+               layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time)
+
+
+_SORT_VALUE = {
+    "macs": lambda r: r.counts.macs,
+    "flops": lambda r: r.counts.flops,
+    "params": lambda r: r.params or 0,
+    "time": lambda r: r.time or 0.0,
+}
+
+
+def select_rows(root: Layer, options: TableOptions) -> list[Row]:
+    """The tree (``sort_by=None``), or a flat ranking of every layer by its own work."""
+    if options.sort_by is None:
+        depth = auto_depth(root) if options.depth is None else options.depth
+        selected = list(rows(root, depth))
+    else:
+        flat = [_own_row(layer) for layer in walk(root) if options.depth is None or layer.depth <= options.depth]
+        selected = sorted(flat, key=_SORT_VALUE[options.sort_by], reverse=True)
+    return selected[: options.top] if options.top else selected
+
+
 def auto_depth(root: Layer, max_rows: int = MAX_AUTO_ROWS) -> int:
     """The deepest depth whose table fits in ``max_rows`` rows (at least 1)."""
     deepest = max(row.depth for row in rows(root))
@@ -90,8 +163,18 @@ def auto_depth(root: Layer, max_rows: int = MAX_AUTO_ROWS) -> int:
     return 1
 
 
+def headers(options: TableOptions) -> list[str]:
+    """Column titles; a flat ranking counts each layer's own work, marked "(self)"."""
+    own = options.sort_by is not None
+    return [COLUMNS[c] + (" (self)" if own and c in NUMERIC - {"calls"} else "") for c in options.columns]
+
+
 def _shapes(shapes: tuple[Shape, ...]) -> str:
     return ", ".join(str(list(s)) for s in shapes)
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
 def _count(row: Row, value: int, units: str) -> str:
@@ -101,7 +184,8 @@ def _count(row: Row, value: int, units: str) -> str:
     return format_count(value, units) + (" +?" if row.uncounted else "")
 
 
-def _cell(row: Row, column: str, root: Layer, units: str) -> str:
+def cell(row: Row, column: str, root: Layer, units: str) -> str:
+    """One cell as text."""
     if column == "layer":
         return row.prefix + row.label + (f" ×{row.calls}" if row.calls > 1 else "")
     if column == "type":
@@ -120,41 +204,31 @@ def _cell(row: Row, column: str, root: Layer, units: str) -> str:
         return _count(row, getattr(row.counts, column), units)
     if column == "macs_pct":
         return _percent(row.counts.macs, root.total.macs)
+    if column == "time":
+        return "" if row.time is None else format_seconds(row.time)
+    if column == "flops_per_s":
+        return "" if not row.time or row.uncounted else format_rate(row.counts.flops / row.time)
     raise ValueError(f"unknown column {column!r}; valid columns: {', '.join(COLUMNS)}")
 
 
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
+def cells(row: Row, columns: Sequence[str], root: Layer, units: str) -> list[str]:
+    return [cell(row, c, root, units) for c in columns]
 
 
-def validate(columns: Sequence[str], units: str) -> None:
-    """Raise ``ValueError`` naming the bad option and listing the valid ones."""
-    bad = [c for c in columns if c not in COLUMNS]
-    if bad:
-        raise ValueError(f"unknown column(s) {', '.join(map(repr, bad))}; valid columns: {', '.join(COLUMNS)}")
-    if units not in UNITS:
-        raise ValueError(f"unknown units {units!r}; valid units: {', '.join(UNITS)}")
+def total_row(root: Layer) -> Row:
+    return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time)
 
 
-def text_table(
-    root: Layer,
-    uncounted: Sequence[Uncounted] = (),
-    *,
-    depth: int | None = None,
-    columns: Sequence[str] = DEFAULT_COLUMNS,
-    units: str = "human",
-    tablefmt: str = "simple",
-) -> str:
-    """The layer table as text (any tabulate ``tablefmt``), with a totals row and the uncounted list."""
-    validate(columns, units)
-    if depth is None:
-        depth = auto_depth(root)
-    body = [[_cell(row, c, root, units) for c in columns] for row in rows(root, depth)]
-    total = Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted)
-    body.append([_cell(total, c, root, units) if c in _TOTALS else "" for c in columns])
-    colalign = ["right" if c in _NUMERIC else "left" for c in columns]
-    text = tabulate(body, headers=[COLUMNS[c] for c in columns], tablefmt=tablefmt,
-                    colalign=colalign, disable_numparse=True, preserve_whitespace=True)
+def text_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions, tablefmt: str = "simple") -> str:
+    """The table as text (any tabulate ``tablefmt``), with a totals row and the uncounted list."""
+    options.validate(timed=root.time is not None)
+    columns = options.columns
+    body = [cells(row, columns, root, options.units) for row in select_rows(root, options)]
+    total = total_row(root)
+    body.append([cell(total, c, root, options.units) if c in _TOTALS else "" for c in columns])
+    colalign = ["right" if c in NUMERIC else "left" for c in columns]
+    text = tabulate(body, headers=headers(options), tablefmt=tablefmt, colalign=colalign,
+                    disable_numparse=True, preserve_whitespace=True)
     note = uncounted_note(uncounted)
     return f"{text}\n{note}" if note else text
 

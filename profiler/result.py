@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from profiler.render import DEFAULT_COLUMNS, text_table, uncounted_note
+from profiler.export import layer_records, to_csv_text, to_dict, to_json_text
+from profiler.html import html_table
+from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, text_table, uncounted_note
 from profiler.tree import Layer, Uncounted, layer_info, walk
-from profiler.units import format_count
+from profiler.units import format_count, format_seconds
 
 __all__ = ["ProfileResult"]
 
@@ -43,6 +47,11 @@ class ProfileResult(tuple):
         return self.root.params
 
     @property
+    def total_time(self) -> float | None:
+        """Seconds of the median timed forward (``measure_time=True``), else None."""
+        return self.root.time
+
+    @property
     def layers(self) -> list[Layer]:
         """Every layer in tree order."""
         return list(walk(self.root))
@@ -54,16 +63,77 @@ class ProfileResult(tuple):
                 return layer
         raise KeyError(f"no layer named {name!r} in the profiled tree")
 
+    def _options(self, depth, columns, sort_by, top, units) -> TableOptions:
+        if columns is None:
+            columns = DEFAULT_COLUMNS + (TIME_COLUMNS if self.root.time is not None else ())
+        options = TableOptions(depth, tuple(columns), sort_by, top, units)
+        options.validate(timed=self.root.time is not None)
+        return options
+
     def table(
         self,
         depth: int | None = None,
         *,
-        columns: Sequence[str] = DEFAULT_COLUMNS,
+        columns: Sequence[str] | None = None,
+        sort_by: str | None = None,
+        top: int | None = None,
         units: str = "human",
         tablefmt: str = "simple",
     ) -> str:
-        """The per-layer table as text; ``depth=None`` picks the deepest depth that fits 40 rows."""
-        return text_table(self.root, self.uncounted, depth=depth, columns=columns, units=units, tablefmt=tablefmt)
+        """The per-layer table as text.
+
+        ``depth=None`` picks the deepest level that fits 40 rows. ``sort_by`` ("macs", "flops",
+        "params", "time") ranks every layer by its own work in a flat list, ``top`` keeps the
+        first k rows. ``units`` is "human" (1.23M) or "exact" (1,234,567); ``tablefmt`` is any
+        tabulate format.
+        """
+        options = self._options(depth, columns, sort_by, top, units)
+        return text_table(self.root, self.uncounted, options, tablefmt)
+
+    def html(
+        self,
+        depth: int | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+        sort_by: str | None = None,
+        top: int | None = None,
+        units: str = "human",
+    ) -> str:
+        """The per-layer table as HTML, with the options of :meth:`table`."""
+        return html_table(self.root, self.uncounted, self._options(depth, columns, sort_by, top, units))
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable plain Python: totals, one entry per layer, uncounted."""
+        return to_dict(self.root, self.uncounted)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """:meth:`to_dict` as JSON; also written to ``path`` when given."""
+        text = to_json_text(self.root, self.uncounted)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """One row per layer as CSV; also written to ``path`` when given."""
+        text = to_csv_text(self.root)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_markdown(self, depth: int | None = None, **options: Any) -> str:
+        """The table as GitHub-flavoured markdown."""
+        return self.table(depth, tablefmt="github", **options)
+
+    def to_dataframe(self):
+        """One row per layer as a pandas DataFrame (pandas is needed for this call only)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("to_dataframe() needs pandas: pip install pandas") from exc
+        return pd.DataFrame(layer_records(self.root))
 
     def __repr__(self) -> str:
         text = (
@@ -71,6 +141,8 @@ class ProfileResult(tuple):
             f"flops={format_count(self.total_flops, 'exact')}, "
             f"params={format_count(self.total_params, 'exact')}"
         )
+        if self.root.time is not None:
+            text += f", time={format_seconds(self.root.time)}"
         if self.uncounted:
             text += f", uncounted={sum(u.calls for u in self.uncounted)} calls"
         return text + ")"

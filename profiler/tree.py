@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hooks import Counts, ModuleInfo, Record, Shape
@@ -47,6 +47,10 @@ class Layer:
     children: tuple[Layer, ...] = field(default=(), repr=False)
     uncounted_calls: int = 0
     """Calls in this layer's subtree (module calls and torch function calls) that had no rule."""
+    time: float | None = None
+    """Seconds in this layer's subtree (``measure_time=True``): own time plus the children's."""
+    own_time: float | None = None
+    """Seconds in this layer minus the time of its children's calls."""
 
     @property
     def uncounted(self) -> bool:
@@ -72,8 +76,14 @@ def _parent(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def build_tree(modules: Iterable[ModuleInfo], records: Iterable[Record]) -> Layer:
-    """The layer tree: one node per module not covered by an ancestor's rule."""
+def build_tree(
+    modules: Iterable[ModuleInfo], records: Iterable[Record], times: Mapping[str, float] | None = None
+) -> Layer:
+    """The layer tree: one node per module not covered by an ancestor's rule.
+
+    ``times`` maps layer names to measured seconds inside them; a layer's own time is that minus
+    its children's, so a container that never runs itself (a ``ModuleList``) shows its children's.
+    """
     modules = list(modules)
     by_module: dict[str, list[Record]] = defaultdict(list)
     by_function: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
@@ -114,6 +124,11 @@ def build_tree(modules: Iterable[ModuleInfo], records: Iterable[Record]) -> Laye
         )
         own = sum((_counts(r) for r in calls), Counts()) + sum((f.counts for f in functions), Counts())
         kids = tuple(build(child) for child in children.get(name, ()))
+        own_time = time = None
+        if times is not None:
+            measured = times.get(name, 0.0)
+            own_time = max(0.0, measured - sum(times.get(k.name, 0.0) for k in kids))
+            time = own_time + sum(k.time for k in kids)
         statuses = {r.status for r in calls}
         if calls:
             status = "uncounted" if "uncounted" in statuses else calls[0].status
@@ -137,6 +152,8 @@ def build_tree(modules: Iterable[ModuleInfo], records: Iterable[Record]) -> Laye
             uncounted_calls=sum(r.status == "uncounted" for r in calls)
             + sum(f.calls for f in functions if f.status == "uncounted")
             + sum(k.uncounted_calls for k in kids),
+            time=time,
+            own_time=own_time,
         )
 
     return build(modules[0].name)

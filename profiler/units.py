@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["clever_format", "format_count", "UNITS"]
+__all__ = ["clever_format", "format_count", "format_rate", "format_seconds", "UNITS"]
 
 UNITS = ("human", "exact")
 
@@ -38,3 +38,20 @@ def format_count(n: int, units: str = "human") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}"
     return str(n)
+
+
+def format_seconds(seconds: float) -> str:
+    """``12.3 ms``, ``456 us``, ``1.20 s``."""
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def format_rate(per_second: float) -> str:
+    """FLOP/s with K, M, G, T, P, E: ``12.30G``."""
+    for scale, suffix in _SCALES:
+        if per_second >= scale:
+            return f"{per_second / scale:.2f}{suffix}"
+    return f"{per_second:.0f}"

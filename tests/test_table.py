@@ -9,9 +9,9 @@ from torch import nn
 
 from hooks import Counts, ModuleInfo, Record
 from profiler import profile
-from profiler.render import rows, text_table
+from profiler.render import TableOptions, rows, text_table
 from profiler.tree import build_tree, uncounted_summary
-from tests.conftest import assert_tree_invariant
+from conftest import assert_tree_invariant
 
 
 class Block(nn.Module):
@@ -137,7 +137,7 @@ def test_rendering_needs_no_model():
     assert root.total == Counts(90, 180, 180)
     assert root.params == 30
     assert root.uncounted_calls == 1
-    text = text_table(root, uncounted_summary(records), depth=None, units="exact")
+    text = text_table(root, uncounted_summary(records), TableOptions(units="exact"))
     assert text.splitlines()[2].split() == ["Net", "Net", "[2,", "5]", "30", "90", "+?", "180", "+?", "100.0%"]
     assert "├─ matmul()" in text
     assert text.splitlines()[-1] == "  module Odd ×1 in 'odd'"

@@ -1,0 +1,215 @@
+"""``python -m profiler`` / ``hookprof``: profile a model from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from profiler.api import profile
+from profiler.render import COLUMNS, SORT_KEYS
+from profiler.units import UNITS
+
+__all__ = ["main", "build_parser", "load_object"]
+
+FORMATS = ("text", "github", "json", "csv", "markdown", "html")
+
+EXAMPLES = """\
+examples:
+  python -m profiler torchvision.models:resnet50 --input-size 1,3,224,224 --depth 2
+  python -m profiler transformers:GPT2LMHeadModel --config transformers:GPT2Config n_layer=2 \\
+      --input-size 1,128 --input-dtype long
+  python -m profiler torchvision.models:resnet18 --input-size 1,3,224,224 --sort macs --top 10
+  python -m profiler torchvision.models:vgg11 --arg num_classes=10 --input-size 1,3,64,64 --format json
+  python -m profiler my_models.py:Net --input-size 8,32 --measure-time --vs-thop
+"""
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line on stderr, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hookprof",
+        description="Count the MACs, FLOPs and parameters of a PyTorch model, layer by layer.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="MODULE:ATTR naming a model class, a builder function or a module "
+                        "instance, e.g. torchvision.models:resnet50; MODULE may be a path to a .py file")
+    parser.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword argument for the model's constructor, e.g. --arg num_classes=10 (repeatable)")
+    parser.add_argument("--config", nargs="+", metavar=("SPEC", "KEY=VALUE"),
+                        help="build the model from a config: a MODULE:ATTR config class and its overrides, "
+                        "e.g. --config transformers:GPT2Config n_layer=2 n_embd=128")
+    parser.add_argument("--input-size", action="append", required=True, metavar="D1,D2,...",
+                        help="size of a random input, e.g. 1,3,224,224; repeat for several inputs")
+    parser.add_argument("--input-dtype", metavar="DTYPE",
+                        help="dtype of the inputs, e.g. long for token ids (default: the model's float dtype)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to build and run the model: cpu, cuda, cuda:1, or meta (shapes only, no memory)")
+    parser.add_argument("--depth", type=int, help="deepest level of the layer tree to show (default: fits 40 rows)")
+    parser.add_argument("--columns", help=f"comma-separated columns, from: {', '.join(COLUMNS)}")
+    parser.add_argument("--sort", choices=SORT_KEYS, help="rank layers by their own work in a flat list")
+    parser.add_argument("--top", type=int, help="keep the first N rows, e.g. --sort macs --top 10")
+    parser.add_argument("--units", choices=UNITS, default="human", help="human (1.23M) or exact (1,234,567)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    parser.add_argument("--measure-time", action="store_true", help="also time every layer (median of --repeats)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes for --measure-time (default 5)")
+    parser.add_argument("--vs-thop", action="store_true", help="also compare every layer with thop (needs thop)")
+    return parser
+
+
+def load_object(spec: str) -> Any:
+    """``package.module:attr.sub`` or ``path/to/file.py:attr``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{spec!r} is not MODULE:ATTR (e.g. torchvision.models:resnet50)")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise UsageError(f"no such file: {module_name}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _keywords(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{pair!r} is not KEY=VALUE")
+        out[key] = _value(value)
+    return out
+
+
+def _size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise UsageError(f"--input-size {text!r} is not comma-separated integers, e.g. 1,3,224,224") from None
+    if not size or any(d < 0 for d in size):
+        raise UsageError(f"--input-size {text!r} must be non-negative integers")
+    return size
+
+
+def _dtype(text: str | None) -> torch.dtype | None:
+    if text is None:
+        return None
+    dtype = getattr(torch, text, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UsageError(f"--input-dtype {text!r} is not a torch dtype (e.g. float32, long, int64, bfloat16)")
+    return dtype
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    factory = load_object(args.model)
+    kwargs = _keywords(args.arg)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device!r}: {exc}") from exc
+    with device:
+        if isinstance(factory, nn.Module):
+            model = factory.to(device)
+        elif args.config:
+            config = load_object(args.config[0])(**_keywords(args.config[1:]))
+            model = factory(config, **kwargs)
+        elif callable(factory):
+            model = factory(**kwargs)
+        else:
+            raise UsageError(f"{args.model!r} is neither a model class, a builder nor a module")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{args.model!r} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def run(argv: Sequence[str] | None = None) -> str:
+    """The output for ``argv``; raises :class:`UsageError` for bad input."""
+    args = build_parser().parse_args(argv)
+    sizes = [_size(s) for s in args.input_size]
+    dtype = _dtype(args.input_dtype)
+    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    try:
+        model = build_model(args)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"building {args.model} failed: {type(exc).__name__}: {exc}") from exc
+    input_size = sizes if len(sizes) > 1 else sizes[0]
+    try:
+        result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time,
+                         repeats=args.repeats)
+        options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
+        if args.format == "json":
+            data = result.to_dict()
+            if args.vs_thop:
+                data["thop"] = _comparison_dict(model, input_size, dtype)
+            return json.dumps(data, indent=2)
+        if args.format == "csv":
+            return result.to_csv()
+        if args.format == "html":
+            return result.html(args.depth, **options)
+        tablefmt = {"text": "simple", "markdown": "github"}.get(args.format, args.format)
+        text = result.table(args.depth, tablefmt=tablefmt, **options)
+        if args.vs_thop:
+            text += "\n\n" + _comparison(model, input_size, dtype).table(tablefmt=tablefmt)
+        return text
+    except (TypeError, ValueError, RuntimeError, ImportError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+
+
+def _comparison(model: nn.Module, input_size, dtype):
+    from profiler.compare import compare_with_thop
+
+    return compare_with_thop(model, input_size=input_size, input_dtype=dtype)
+
+
+def _comparison_dict(model: nn.Module, input_size, dtype) -> dict[str, Any]:
+    comparison = _comparison(model, input_size, dtype)
+    return {
+        "macs": comparison.thop_macs,
+        "params": comparison.thop_params,
+        "differences": [
+            {"name": r.name, "type": r.type, "macs": r.ours, "thop_macs": r.thop, "reason": r.reason}
+            for r in comparison.differences
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        print(run(argv))
+    except UsageError as exc:
+        print(f"hookprof: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

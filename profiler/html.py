@@ -1,0 +1,62 @@
+"""The notebook view: the same rows as the text table, as one self-contained HTML table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from profiler.render import NUMERIC, TableOptions, cell, headers, select_rows, total_row
+from profiler.tree import Layer, Uncounted
+
+__all__ = ["html_table"]
+
+_STYLE = (
+    "<style>"
+    ".hookprof td, .hookprof th {text-align: right; padding: 2px 8px; white-space: nowrap;"
+    " font-family: ui-monospace, monospace; font-size: 12px}"
+    ".hookprof td.text, .hookprof th.text {text-align: left}"
+    ".hookprof tr.total td {font-weight: bold; border-top: 1px solid #999}"
+    ".hookprof .bar {display: inline-block; height: 0.8em; background: #4c78a8; vertical-align: middle}"
+    "</style>"
+)
+
+
+def _bar(share: float) -> str:
+    width = max(0.0, min(100.0, 100 * share))
+    return f'<span class="bar" style="width: {width:.1f}px"></span> {100 * share:.1f}%'
+
+
+def html_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions) -> str:
+    """The table as HTML: indented layer tree, a share bar for MACs %, totals and uncounted work."""
+    options.validate(timed=root.time is not None)
+    columns = options.columns
+    head = "".join(
+        f'<th class="{"num" if c in NUMERIC else "text"}">{escape(h)}</th>' for c, h in zip(columns, headers(options))
+    )
+    lines = [_STYLE, '<table class="hookprof">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    body = [(row, "") for row in select_rows(root, options)] + [(total_row(root), "total")]
+    for row, css in body:
+        tds = []
+        for c in columns:
+            if css == "total" and c in ("type", "input_shape", "output_shape", "calls"):
+                text = ""
+            elif c == "layer":
+                text = escape(cell(row, c, root, options.units).removeprefix(row.prefix))
+                indent = 0 if options.sort_by else row.depth
+                text = f'<span style="padding-left: {1.2 * indent:.1f}em">{text}</span>'
+            elif c == "macs_pct" and not row.uncounted and root.total.macs:
+                text = _bar(row.counts.macs / root.total.macs)
+            else:
+                text = escape(cell(row, c, root, options.units))
+            tds.append(f'<td class="{"num" if c in NUMERIC else "text"}">{text}</td>')
+        lines.append(f'<tr class="{css}">' + "".join(tds) + "</tr>")
+    lines += ["</tbody>", "</table>"]
+    if uncounted:
+        items = "".join(
+            f"<li>{escape(u.kind)} <code>{escape(u.name)}</code> ×{u.calls} in "
+            + ", ".join(f"<code>{escape(name) or '(model)'}</code>" for name in u.layers)
+            + "</li>"
+            for u in uncounted
+        )
+        lines.append(f"<p>Uncounted (no rule; their work is not in the totals):</p><ul>{items}</ul>")
+    return "\n".join(lines)
