@@ -63,9 +63,11 @@ def shapes_of(value: Any) -> tuple[Shape, ...]:
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape),)
     if isinstance(value, (tuple, list)):
+        if len(value) == 1 and isinstance(value[0], torch.Tensor):  # most module inputs
+            return (tuple(value[0].shape),)
         return tuple(s for v in value for s in shapes_of(v))
     if isinstance(value, dict):
-        return tuple(s for v in value.values() for s in shapes_of(v))
+        return tuple(s for v in value.values() for s in shapes_of(v)) if value else ()
     return ()
 
 
@@ -149,7 +151,27 @@ class _Recorder(TorchFunctionMode):
         self.records: list[Record] = []
         self.stack: list[list] = []  # [name, functions seen] per running module
         self.suppress = 0  # > 0 while a module rule's module runs
-        self.last: tuple[str, str, tuple] | None = None  # the last module that started
+        self.paused = False  # off the mode stack while a ruled module runs
+        self.last: tuple[str, nn.Module, tuple] | None = None  # the last module that started
+        self.names: dict[Callable, str] = {}
+        self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {}  # name, rule, is a leaf
+
+    def _pause(self) -> None:
+        """Step off the function-mode stack while a ruled module runs: nothing there is counted,
+        and every torch call it makes would otherwise pay for a trip through Python."""
+        depth = torch._C._len_torch_function_stack()
+        if depth and torch._C._get_function_stack_at(depth - 1) is self:
+            torch._C._pop_torch_function_stack()
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self.paused:
+            torch._C._push_on_torch_function_stack(self)
+            self.paused = False
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        self._resume()  # a ruled module that raised never resumed
+        super().__exit__(exc_type, exc_value, traceback)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -164,7 +186,7 @@ class _Recorder(TorchFunctionMode):
         if rule is not None and rule.free:
             return out
         with torch._C.DisableTorchFunction():
-            name = _function_name(func)
+            name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
             if rule is None:
                 counts, status, rule_name = Counts(), "uncounted", None
             else:
@@ -182,36 +204,47 @@ class _Recorder(TorchFunctionMode):
             )
         return out
 
-    def hooks_for(self, module: nn.Module, name: str, rule: Rule | None) -> tuple[Callable, Callable]:
-        leaf = next(module.children(), None) is None
-        ruled = rule is not None
+    def watch(self, planned: Iterable[_Planned]) -> None:
+        """Count these modules' calls (the others, covered by a rule or foreign, are ignored)."""
+        for p in planned:
+            if not p.covered:
+                self.plan[p.module] = (p.name, p.rule, next(p.module.children(), None) is None)
 
-        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            self.stack.append([name, 0])
-            self.last = (name, mod, args)
-            if ruled:
-                self.suppress += 1
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        entry = self.plan.get(module)
+        if entry is None:
+            return
+        name, rule, _ = entry
+        self.stack.append([name, 0])
+        self.last = (name, module, args)
+        if rule is not None:
+            self.suppress += 1
+            if self.suppress == 1:
+                self._pause()
 
-        def post_hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            with torch._C.DisableTorchFunction():
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        entry = self.plan.get(module)
+        if entry is None:
+            return
+        name, rule, leaf = entry
+        with torch._C.DisableTorchFunction():
+            frame = self.stack.pop()
+            while frame[0] != name and self.stack:  # a child that raised and was caught
                 frame = self.stack.pop()
-                while frame[0] != name and self.stack:  # a child that raised and was caught
-                    frame = self.stack.pop()
-                counts, status = Counts(), "traced"
-                if ruled:
-                    counts, status = self._apply(rule, mod, name, _bind(mod, args, kwargs), output)
-                    self.suppress -= 1
-                    if self.suppress:
-                        return
-                elif leaf and frame[1] == 0 and not _passes_through(args, output):
-                    status = "uncounted"
-                self.records.append(
-                    Record(name, type(mod).__name__, None, status,
-                           shapes_of(args) + shapes_of(kwargs), shapes_of(output),
-                           counts.macs, counts.flops, counts.matmul_flops, rule.name if ruled else None)
-                )
-
-        return pre_hook, post_hook
+            counts, status = Counts(), "traced"
+            if rule is not None:
+                counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output)
+                self.suppress -= 1
+                if self.suppress:
+                    return
+                self._resume()
+            elif leaf and frame[1] == 0 and not _passes_through(args, output):
+                status = "uncounted"
+            self.records.append(
+                Record(name, type(module).__name__, None, status,
+                       shapes_of(args) + shapes_of(kwargs), shapes_of(output),
+                       counts.macs, counts.flops, counts.matmul_flops, rule.name if rule else None)
+            )
 
     @staticmethod
     def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> tuple[Counts, str]:
@@ -233,28 +266,31 @@ class _Recorder(TorchFunctionMode):
 
 
 @contextmanager
-def attached(
-    model: nn.Module, hooks: Iterable[tuple[nn.Module, Callable, Callable]], *, with_kwargs: bool = True
-) -> Iterator[None]:
-    """Attach ``(module, pre_hook, post_hook)`` triples; run the body in eval mode without grad.
+def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Callable | None = None,
+             *, with_kwargs: bool = True) -> Iterator[None]:
+    """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call.
 
-    On exit, also by an exception or ``KeyboardInterrupt``, every handle is removed and every
-    module's own ``training`` flag restored.
+    The hooks are global (``register_module_forward_*_hook``), so nothing is added to the model;
+    they see other modules' calls too and must ignore them. On exit, also by an exception or
+    ``KeyboardInterrupt``, they are removed and every module's own ``training`` flag restored.
     """
     modes = [(module, module.training) for module in model.modules()]
     handles = []
     try:
-        for module, pre_hook, post_hook in hooks:
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=with_kwargs))
-            handles.append(module.register_forward_hook(post_hook, with_kwargs=with_kwargs))
-        model.eval()
+        if pre_hook is not None:
+            handles.append(nn.modules.module.register_module_forward_pre_hook(pre_hook))
+        if post_hook is not None:
+            handles.append(nn.modules.module.register_module_forward_hook(post_hook, with_kwargs=with_kwargs))
+        if any(training for _, training in modes):
+            model.eval()
         with torch.no_grad():
             yield
     finally:
         for handle in handles:
             handle.remove()
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
 
 
 def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
@@ -266,9 +302,9 @@ def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Ca
     """
     planned = _plan(model, resolver)
     recorder = _Recorder(resolver.function_rules)
-    hooks = ((p.module, *recorder.hooks_for(p.module, p.name, p.rule)) for p in planned if not p.covered)
+    recorder.watch(planned)
     try:
-        with attached(model, hooks), recorder:
+        with attached(model, recorder.pre_hook, recorder.post_hook), recorder:
             output = call()
     except RuleError:
         raise

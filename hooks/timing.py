@@ -32,34 +32,34 @@ def time_modules(
     The run whose total is the median is reported whole, so a parent's time always covers its
     children's. ``synchronize`` waits for CUDA before each reading.
     """
-    names = list(names)
+    names = dict(names)
     sync = torch.cuda.synchronize if synchronize else None
     starts: list[float] = []
     spent: dict[str, float] = defaultdict(float)
 
-    def hooks_for(name: str) -> tuple[Callable, Callable]:
-        def pre_hook(module: nn.Module, args: tuple) -> None:
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        if module in names:
             if sync:
                 sync()
             starts.append(time.perf_counter())
 
-        def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        name = names.get(module)
+        if name is not None:
             if sync:
                 sync()
             spent[name] += time.perf_counter() - starts.pop()
 
-        return pre_hook, post_hook
-
-    with attached(model, ()):
+    with attached(model):
         for _ in range(warmup):
             call()
     runs = []
-    with attached(model, ((module, *hooks_for(name)) for module, name in names), with_kwargs=False):
+    with attached(model, pre_hook, post_hook, with_kwargs=False):
         for _ in range(repeats):
             spent.clear()
             starts.clear()
             call()
             runs.append(dict(spent))
-    root = names[0][1]
+    root = names[model]
     runs.sort(key=lambda run: run.get(root, 0.0))
     return runs[len(runs) // 2]

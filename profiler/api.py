@@ -12,7 +12,7 @@ from torch import nn
 from hooks import REGISTRY, Rule, capture, custom_rule
 from hooks.timing import time_modules
 from profiler.result import ProfileResult
-from profiler.tree import build_tree, uncounted_summary
+from profiler.tree import uncounted_summary
 
 __all__ = ["profile", "forward_arguments", "UncountedWarning"]
 
@@ -134,7 +134,6 @@ def profile(
         on_cuda = any(t.is_cuda for t in (*args, *forward_kwargs.values(), *model.parameters()) if isinstance(t, torch.Tensor))
         times = time_modules(model, call, timed, repeats=repeats, warmup=warmup, synchronize=on_cuda)
 
-    root = build_tree(result.modules, result.records, times)
     uncounted = uncounted_summary(result.records)
     if verbose:
         for rule_name, types in _rules_used(result.modules).items():
@@ -145,7 +144,7 @@ def profile(
             for u in uncounted:
                 print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
         warnings.warn(f"ran without a rule, not counted: {listing}", UncountedWarning, stacklevel=2)
-    return ProfileResult(root, uncounted, ret_layer_info=ret_layer_info)
+    return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info)
 
 
 def _rules_used(modules) -> dict[str, list[str]]:

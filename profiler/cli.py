@@ -10,13 +10,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from profiler.api import profile
-from profiler.render import COLUMNS, SORT_KEYS
+from profiler.render import COLUMNS, DEFAULT_COLUMNS, SORT_KEYS, TableOptions
 from profiler.units import UNITS
 
 __all__ = ["main", "build_parser", "load_object"]
@@ -38,8 +39,13 @@ class UsageError(Exception):
     """Bad command-line input: reported as one line on stderr, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hookprof",
         description="Count the MACs, FLOPs and parameters of a PyTorch model, layer by layer.",
         epilog=EXAMPLES,
@@ -65,9 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--units", choices=UNITS, default="human", help="human (1.23M) or exact (1,234,567)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     parser.add_argument("--measure-time", action="store_true", help="also time every layer (median of --repeats)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes for --measure-time (default 5)")
-    parser.add_argument("--vs-thop", action="store_true", help="also compare every layer with thop (needs thop)")
+    parser.add_argument("--repeats", type=int, help="timed forward passes for --measure-time (default 5)")
+    parser.add_argument("--vs-thop", action="store_true",
+                        help="also compare every layer with thop (needs thop; not with --format csv)")
     return parser
+
+
+def _load_file(path: Path) -> ModuleType:
+    """Import a ``.py`` file once, registered in ``sys.modules`` like any module."""
+    name = f"_hookprof_model_{abs(hash(str(path.resolve())))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def load_object(spec: str) -> Any:
@@ -80,9 +102,7 @@ def load_object(spec: str) -> Any:
             path = Path(module_name)
             if not path.is_file():
                 raise UsageError(f"no such file: {module_name}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
+            module = _load_file(path)
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -140,6 +160,8 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         raise UsageError(f"--device {args.device!r}: {exc}") from exc
     with device:
         if isinstance(factory, nn.Module):
+            if args.config or args.arg:
+                raise UsageError(f"{args.model!r} is a module instance: --config and --arg do not apply")
             model = factory.to(device)
         elif args.config:
             config = load_object(args.config[0])(**_keywords(args.config[1:]))
@@ -158,7 +180,20 @@ def run(argv: Sequence[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
     sizes = [_size(s) for s in args.input_size]
     dtype = _dtype(args.input_dtype)
+    if args.repeats is not None and not args.measure_time:
+        raise UsageError("--repeats goes with --measure-time")
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    table_flags = [flag for flag, value in (("--depth", args.depth), ("--columns", args.columns), ("--sort", args.sort),
+                                            ("--top", args.top)) if value is not None]
+    options = TableOptions(args.depth, columns or DEFAULT_COLUMNS, args.sort, args.top, args.units)
+    try:
+        options.validate(timed=True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.format in ("json", "csv") and table_flags:
+        raise UsageError(f"{', '.join(table_flags)} shape tables; --format {args.format} exports every layer")
+    if args.format == "csv" and args.vs_thop:
+        raise UsageError("--vs-thop does not fit in --format csv; use text, github, markdown, html or json")
     try:
         model = build_model(args)
     except UsageError:
@@ -168,8 +203,8 @@ def run(argv: Sequence[str] | None = None) -> str:
     input_size = sizes if len(sizes) > 1 else sizes[0]
     try:
         result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time,
-                         repeats=args.repeats)
-        options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
+                         repeats=args.repeats or 5)
+        table_options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
         if args.format == "json":
             data = result.to_dict()
             if args.vs_thop:
@@ -178,9 +213,12 @@ def run(argv: Sequence[str] | None = None) -> str:
         if args.format == "csv":
             return result.to_csv()
         if args.format == "html":
-            return result.html(args.depth, **options)
+            text = result.html(args.depth, **table_options)
+            if args.vs_thop:
+                text += "\n" + _comparison(model, input_size, dtype).table(tablefmt="html")
+            return text
         tablefmt = {"text": "simple", "markdown": "github"}.get(args.format, args.format)
-        text = result.table(args.depth, tablefmt=tablefmt, **options)
+        text = result.table(args.depth, tablefmt=tablefmt, **table_options)
         if args.vs_thop:
             text += "\n\n" + _comparison(model, input_size, dtype).table(tablefmt=tablefmt)
         return text

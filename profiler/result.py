@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from profiler.export import layer_records, to_csv_text, to_dict, to_json_text
 from profiler.html import html_table
 from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, text_table, uncounted_note
-from profiler.tree import Layer, Uncounted, layer_info, walk
+from hooks import ModuleInfo, Record
+from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
 from profiler.units import format_count, format_seconds
 
 __all__ = ["ProfileResult"]
@@ -17,34 +19,55 @@ __all__ = ["ProfileResult"]
 
 class ProfileResult(tuple):
     """Unpacks like thop's result: ``macs, params = profile(...)``, or ``macs, params,
-    layer_info`` with ``ret_layer_info=True``; also carries the layer tree and renders it."""
+    layer_info`` with ``ret_layer_info=True``; also carries the layer tree and renders it.
 
-    root: Layer
+    The tree is built on first use, so the one-line ``macs, params = profile(...)`` pays only for
+    the counting pass.
+    """
+
     uncounted: tuple[Uncounted, ...]
 
-    def __new__(cls, root: Layer, uncounted: Sequence[Uncounted] = (), ret_layer_info: bool = False):
-        values = (root.total.macs, root.params) + ((layer_info(root),) if ret_layer_info else ())
-        self = super().__new__(cls, values)
-        self.root = root
+    def __new__(
+        cls,
+        modules: Sequence[ModuleInfo],
+        records: Sequence[Record],
+        times: Mapping[str, float] | None = None,
+        uncounted: Sequence[Uncounted] = (),
+        ret_layer_info: bool = False,
+    ):
+        parts = (tuple(modules), tuple(records), times)
+        totals = sum_counts(parts[1])
+        values = (totals.macs, sum(info.params for info in parts[0]))
+        root = build_tree(*parts) if ret_layer_info else None
+        self = super().__new__(cls, values + ((layer_info(root),) if root else ()))
+        self._parts = parts
+        self._totals = totals
         self.uncounted = tuple(uncounted)
+        if root is not None:
+            self.__dict__["root"] = root  # cached_property's slot: built once
         return self
+
+    @cached_property
+    def root(self) -> Layer:
+        """The layer tree: the model, its children, theirs..."""
+        return build_tree(*self._parts)
 
     @property
     def total_macs(self) -> int:
-        return self.root.total.macs
+        return self._totals.macs
 
     @property
     def total_flops(self) -> int:
-        return self.root.total.flops
+        return self._totals.flops
 
     @property
     def matmul_flops(self) -> int:
         """FLOPs of matmul-like work only (linear, conv, matmul, attention): FlopCounterMode's count."""
-        return self.root.total.matmul_flops
+        return self._totals.matmul_flops
 
     @property
     def total_params(self) -> int:
-        return self.root.params
+        return self[1]
 
     @property
     def total_time(self) -> float | None:
@@ -66,6 +89,8 @@ class ProfileResult(tuple):
     def _options(self, depth, columns, sort_by, top, units) -> TableOptions:
         if columns is None:
             columns = DEFAULT_COLUMNS + (TIME_COLUMNS if self.root.time is not None else ())
+        elif isinstance(columns, str):
+            columns = [c.strip() for c in columns.split(",")]
         options = TableOptions(depth, tuple(columns), sort_by, top, units)
         options.validate(timed=self.root.time is not None)
         return options
@@ -82,7 +107,8 @@ class ProfileResult(tuple):
     ) -> str:
         """The per-layer table as text.
 
-        ``depth=None`` picks the deepest level that fits 40 rows. ``sort_by`` ("macs", "flops",
+        ``depth=None`` picks the deepest level that fits 40 rows. ``columns`` is a sequence of
+        column names or one comma-separated string. ``sort_by`` ("macs", "flops",
         "params", "time") ranks every layer by its own work in a flat list, ``top`` keeps the
         first k rows. ``units`` is "human" (1.23M) or "exact" (1,234,567); ``tablefmt`` is any
         tabulate format.
@@ -141,7 +167,7 @@ class ProfileResult(tuple):
             f"flops={format_count(self.total_flops, 'exact')}, "
             f"params={format_count(self.total_params, 'exact')}"
         )
-        if self.root.time is not None:
+        if self._parts[2] is not None:
             text += f", time={format_seconds(self.root.time)}"
         if self.uncounted:
             text += f", uncounted={sum(u.calls for u in self.uncounted)} calls"

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 from hooks import Counts, ModuleInfo, Record, Shape
 
-__all__ = ["Layer", "FunctionStat", "Uncounted", "build_tree", "walk", "uncounted_summary", "layer_info"]
+__all__ = [
+    "Layer",
+    "FunctionStat",
+    "Uncounted",
+    "build_tree",
+    "walk",
+    "uncounted_summary",
+    "layer_info",
+    "sum_counts",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +77,14 @@ class Uncounted:
     layers: tuple[str, ...]
 
 
-def _counts(record: Record) -> Counts:
-    return Counts(record.macs, record.flops, record.matmul_flops)
+def sum_counts(items: Iterable[Record | Counts]) -> Counts:
+    """The sum of records' or counts' MACs and FLOPs (plain ints: this runs per record)."""
+    macs = flops = matmul_flops = 0
+    for item in items:
+        macs += item.macs
+        flops += item.flops
+        matmul_flops += item.matmul_flops
+    return Counts(macs, flops, matmul_flops)
 
 
 def _parent(name: str) -> str:
@@ -117,18 +132,18 @@ def build_tree(
             FunctionStat(
                 function,
                 len(recs),
-                sum((_counts(r) for r in recs), Counts()),
+                sum_counts(recs),
                 "uncounted" if any(r.status == "uncounted" for r in recs) else recs[0].status,
             )
             for function, recs in by_function.get(name, {}).items()
         )
-        own = sum((_counts(r) for r in calls), Counts()) + sum((f.counts for f in functions), Counts())
+        own = sum_counts([*calls, *(f.counts for f in functions)])
         kids = tuple(build(child) for child in children.get(name, ()))
         own_time = time = None
         if times is not None:
-            measured = times.get(name, 0.0)
-            own_time = max(0.0, measured - sum(times.get(k.name, 0.0) for k in kids))
-            time = own_time + sum(k.time for k in kids)
+            children_time = sum(k.time for k in kids)
+            own_time = max(0.0, times.get(name, 0.0) - children_time)
+            time = own_time + children_time
         statuses = {r.status for r in calls}
         if calls:
             status = "uncounted" if "uncounted" in statuses else calls[0].status
@@ -144,7 +159,7 @@ def build_tree(
             input_shapes=calls[0].input_shapes if calls else (),
             output_shapes=calls[0].output_shapes if calls else (),
             own=own,
-            total=own + sum((k.total for k in kids), Counts()),
+            total=sum_counts([own, *(k.total for k in kids)]),
             own_params=info.params,
             params=subtree_params[name],
             functions=functions,

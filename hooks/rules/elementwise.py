@@ -91,3 +91,12 @@ def norm_reduction_counts(args: tuple, kwargs: dict, out) -> Counts:
 def normalize_counts(args: tuple, kwargs: dict, out) -> Counts:
     # x / max(||x||, eps): the norm (2 per element) and a division (1 per element)
     return Counts.elementwise(flops=3 * arg(args, kwargs, 0, "input").numel())
+
+
+@function_rule(*_methods("index_add", "scatter_add"))
+def accumulate_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # out[index] += alpha * source: one add per source element
+    source = arg(args, kwargs, 3, "source", None)
+    if source is None:
+        source = arg(args, kwargs, 3, "src")
+    return Counts.elementwise(flops=source.numel())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from math import isqrt, prod
 
 import torch
+import torch.nn.functional as F
 
 from hooks.counts import Counts
 from hooks.registry import function_rule
@@ -166,3 +167,17 @@ def addr_counts(args: tuple, kwargs: dict, out) -> Counts:
 def cdist_counts(args: tuple, kwargs: dict, out) -> Counts:
     # [*, P, R] = cdist([*, P, D], [*, R, D]): per pair and dimension a difference, a power and a sum
     return Counts.elementwise(flops=3 * out.numel() * args[0].shape[-1])
+
+
+def _grouped_mm_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # grouped_mm(mat_a, mat_b, offs): [S, K] x [G, K, N] -> [S, N] (rows grouped by offs), or
+    # [G, M, K] x [G, K, N] -> [G, M, N]; [M, K] x [K, N] with offs splits K: [G, M, N], K in total
+    a, b = args[0], args[1]
+    if a.dim() == 2 and b.dim() == 2:
+        return Counts.matmul(out.numel() // out.shape[0] * a.shape[-1])
+    return Counts.matmul(out.numel() * a.shape[-1])
+
+
+_GROUPED_MM = [f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "grouped_mm", None)) if f is not None]
+if _GROUPED_MM:  # torch >= 2.8: Mixture-of-Experts layers multiply each expert's tokens at once
+    function_rule(*_GROUPED_MM)(_grouped_mm_counts)

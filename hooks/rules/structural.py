@@ -66,7 +66,7 @@ free_functions(
         "new_empty", "new_tensor", "tensor", "as_tensor", "arange", "linspace", "rand", "rand_like",
         "randn", "randn_like", "requires_grad", "pad", "dropout", "dropout1d", "dropout2d",
         "dropout3d", "alpha_dropout", "feature_alpha_dropout", "embedding", "pixel_shuffle",
-        "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+        "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "histc", "bincount",
     ),
     torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.T.__get__, torch.Tensor.mT.__get__,
     torch.Tensor.H.__get__, torch.Tensor.mH.__get__, torch.Tensor.data.__get__, torch.Tensor.real.__get__,

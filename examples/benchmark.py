@@ -1,0 +1,241 @@
+"""How much a profiling call costs over a plain forward, side by side with thop and FlopCounterMode.
+
+For each model of a zoo (torchvision CNNs and ViT/Swin, nn.Transformer, LSTM/GRU, GPT-2, BERT,
+LLaMA, T5...), in one process and interleaved after a warm-up, it times the median of several runs
+of: a plain ``torch.no_grad()`` forward, ``profiler.profile``, ``thop.profile`` and
+``FlopCounterMode``; it prints each tool's cost as a ratio to the plain forward, their geometric
+means and worst models, and writes the table as JSON. The ``calls`` columns count module calls and
+torch function calls per forward, which is what hooks and the function mode pay for.
+
+    python examples/benchmark.py             # the whole zoo, one torch thread
+    python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from profiler import profile
+
+
+class Call(nn.Module):
+    """Calls ``model`` with keyword arguments, so that every tool can pass positional inputs."""
+
+    def __init__(self, model: nn.Module, *names: str) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args)))
+
+
+class LSTMModel(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase], layers: int = 2, hidden: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 128)
+        self.rnn = cell(128, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, 1000)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.embed(ids))[0])
+
+
+def _vision(name: str, size: int = 224) -> Callable[[], tuple[nn.Module, tuple]]:
+    def build():
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None), (torch.rand(1, 3, size, size),)
+
+    return build
+
+
+def _hf(model_class: str, config_class: str, tokens: int = 128, decoder: bool = False, **config):
+    def build():
+        import transformers
+
+        cfg = getattr(transformers, config_class)(**config)
+        model = getattr(transformers, model_class)(cfg)
+        ids = torch.zeros(1, tokens, dtype=torch.long)
+        if decoder:
+            return Call(model, "input_ids", "decoder_input_ids"), (ids, ids)
+        return Call(model, "input_ids"), (ids,)
+
+    return build
+
+
+def _seed():
+    sys.path.insert(0, __file__.rpartition("/")[0] or ".")
+    from transformer_flops import seed_model
+
+    model, x = seed_model()
+    return model, (x,)
+
+
+ZOO: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "resnet18": _vision("resnet18"),
+    "resnet50": _vision("resnet50"),
+    "mobilenet_v2": _vision("mobilenet_v2"),
+    "mobilenet_v3_large": _vision("mobilenet_v3_large"),
+    "efficientnet_b0": _vision("efficientnet_b0"),
+    "densenet121": _vision("densenet121"),
+    "vgg11_bn": _vision("vgg11_bn"),
+    "squeezenet1_0": _vision("squeezenet1_0"),
+    "shufflenet_v2_x1_0": _vision("shufflenet_v2_x1_0"),
+    "regnet_y_400mf": _vision("regnet_y_400mf"),
+    "convnext_tiny": _vision("convnext_tiny"),
+    "vit_b_16": _vision("vit_b_16"),
+    "swin_t": _vision("swin_t"),
+    "seed_transformer": _seed,
+    "nn_transformer": lambda: (nn.Transformer(256, 8, 2, 2, 1024), (torch.rand(64, 4, 256), torch.rand(32, 4, 256))),
+    "transformer_encoder": lambda: (nn.TransformerEncoder(nn.TransformerEncoderLayer(256, 8, 1024), 4),
+                                    (torch.rand(64, 4, 256),)),
+    "lstm": lambda: (LSTMModel(nn.LSTM), (torch.zeros(4, 64, dtype=torch.long),)),
+    "gru": lambda: (LSTMModel(nn.GRU), (torch.zeros(4, 64, dtype=torch.long),)),
+    "small_lstm": lambda: (nn.LSTM(32, 64), (torch.rand(16, 2, 32),)),
+    "gpt2": _hf("GPT2LMHeadModel", "GPT2Config", n_layer=4, n_embd=256, n_head=4),
+    "bert": _hf("BertModel", "BertConfig", num_hidden_layers=4, hidden_size=256, num_attention_heads=4,
+                intermediate_size=1024),
+    "llama": _hf("LlamaForCausalLM", "LlamaConfig", num_hidden_layers=4, hidden_size=256, num_attention_heads=8,
+                 num_key_value_heads=2, intermediate_size=704, vocab_size=32000),
+    "t5": _hf("T5ForConditionalGeneration", "T5Config", decoder=True, num_layers=2, d_model=256, num_heads=4,
+              d_ff=1024, d_kv=64),
+    "vit_hf": lambda: _vit_hf(),
+    "distilbert": _hf("DistilBertModel", "DistilBertConfig", n_layers=3, dim=256, n_heads=4, hidden_dim=1024),
+}
+QUICK = ("resnet18", "mobilenet_v3_large", "seed_transformer", "transformer_encoder", "small_lstm", "gpt2", "llama")
+
+
+def _vit_hf():
+    import transformers
+
+    cfg = transformers.ViTConfig(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+    return transformers.ViTModel(cfg), (torch.rand(1, 3, 224, 224),)
+
+
+def _plain(model, args):
+    with torch.no_grad():
+        model(*args)
+
+
+def _ours(model, args):
+    profile(model, args)
+
+
+def _thop(model, args):
+    import thop
+
+    thop.profile(model, inputs=args, verbose=False)
+
+
+def _flop_counter(model, args):
+    with torch.no_grad(), FlopCounterMode(display=False):
+        model(*args)
+
+
+TOOLS = {"plain": _plain, "hookprof": _ours, "thop": _thop, "FlopCounterMode": _flop_counter}
+
+
+class _CountFunctions(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def call_counts(model: nn.Module, args: tuple) -> tuple[int, int]:
+    """(module calls, torch function calls) in one forward."""
+    modules = [0]
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda m, a: modules.__setitem__(0, modules[0] + 1))
+    try:
+        with torch.no_grad(), _CountFunctions() as functions:
+            model(*args)
+    finally:
+        handle.remove()
+    return modules[0], functions.calls
+
+
+def measure(name: str, repeats: int, warmup: int) -> dict:
+    model, args = ZOO[name]()
+    model.eval()
+    thop_model = copy.deepcopy(model)  # thop leaves one hook per shared module behind
+    runs: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    for _ in range(warmup):
+        for tool, fn in TOOLS.items():
+            fn(thop_model if tool == "thop" else model, args)
+    for _ in range(repeats):
+        for tool, fn in TOOLS.items():
+            start = time.perf_counter()
+            fn(thop_model if tool == "thop" else model, args)
+            runs[tool].append(time.perf_counter() - start)
+    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    module_calls, function_calls = call_counts(model, args)
+    plain = medians["plain"]
+    return {
+        "model": name,
+        "plain_ms": 1e3 * plain,
+        "ratios": {tool: medians[tool] / plain for tool in TOOLS if tool != "plain"},
+        "added_ms": 1e3 * (medians["hookprof"] - plain),
+        "module_calls": module_calls,
+        "function_calls": function_calls,
+    }
+
+
+def report(rows: list[dict]) -> str:
+    tools = [t for t in TOOLS if t != "plain"]
+    header = f"{'model':22s} {'forward':>9s} " + " ".join(f"{t:>15s}" for t in tools) + \
+        f" {'added':>9s} {'modules':>8s} {'functions':>9s}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['model']:22s} {r['plain_ms']:7.1f}ms " + " ".join(f"{r['ratios'][t]:14.2f}x" for t in tools)
+                     + f" {r['added_ms']:7.2f}ms {r['module_calls']:8d} {r['function_calls']:9d}")
+    lines.append("-" * len(header))
+    geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in rows)) for t in tools}
+    lines.append(f"{'geometric mean':22s} {'':9s} " + " ".join(f"{geo[t]:14.2f}x" for t in tools))
+    worst = {t: max(rows, key=lambda r: r["ratios"][t]) for t in tools}
+    lines.append(f"{'worst':22s} {'':9s} " + " ".join(f"{worst[t]['ratios'][t]:9.2f}x {worst[t]['model'][:4]:>4s}" for t in tools))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
+    parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(ZOO))
+    parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", default="benchmark.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    names = args.models.split(",") if args.models else list(QUICK if args.quick else ZOO)
+    repeats = args.repeats or (3 if args.quick else 7)
+    rows = []
+    for name in names:
+        rows.append(measure(name, repeats, warmup=1))
+        print(f"measured {name}", file=sys.stderr)
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+          f"torch {torch.__version__}; cost = profiling call / plain no-grad forward (median of {repeats})")
+    print(report(rows))
+    with open(args.json, "w") as f:
+        json.dump({"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
