@@ -11,10 +11,11 @@ module's ``training`` flag restored, before :func:`capture` returns or raises.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -59,16 +60,24 @@ class CaptureError(RuntimeError):
 
 
 def shapes_of(value: Any) -> tuple[Shape, ...]:
-    """Shapes of the tensors in ``value``, searched through tuples, lists and dicts."""
+    """Shapes of the tensors in ``value``, searched through tuples, lists and dicts.
+
+    Each shape is the tensor's ``torch.Size``, an immutable tuple of ints, kept as it is.
+    """
     if isinstance(value, torch.Tensor):
-        return (tuple(value.shape),)
+        return (value.shape,)
     if isinstance(value, (tuple, list)):
         if len(value) == 1 and isinstance(value[0], torch.Tensor):  # most module inputs
-            return (tuple(value[0].shape),)
+            return (value[0].shape,)
         return tuple(s for v in value for s in shapes_of(v))
     if isinstance(value, dict):
         return tuple(s for v in value.values() for s in shapes_of(v)) if value else ()
     return ()
+
+
+def _listed(shapes: tuple[Shape, ...]) -> list[tuple[int, ...]]:
+    """Shapes as plain tuples, for messages: ``[(1, 3, 224, 224)]``."""
+    return [tuple(shape) for shape in shapes]
 
 
 def _is_floating(value: Any) -> bool:
@@ -106,8 +115,7 @@ def _bind(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
     return bound.args
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
+class _Planned(NamedTuple):
     name: str
     module: nn.Module
     rule: Rule | None
@@ -133,8 +141,9 @@ def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
     infos = []
     for p in planned:
         params = 0
-        for parameter in p.module.parameters(recurse=False):
-            if id(parameter) not in owned:
+        # _parameters is parameters(recurse=False) without a generator per module
+        for parameter in p.module._parameters.values():
+            if parameter is not None and id(parameter) not in owned:
                 owned.add(id(parameter))
                 params += parameter.numel()
         rule = p.rule.name if p.rule else None
@@ -180,10 +189,8 @@ class _Recorder(TorchFunctionMode):
             return out
         frame = self.stack[-1]
         frame[1] += 1
-        if not _is_floating(out):  # integer, boolean and non-tensor results are free
-            return out
         rule = self.function_rules.get(func)
-        if rule is not None and rule.free:
+        if rule is not None and rule.free or not _is_floating(out):  # integer and boolean work is free
             return out
         with torch._C.DisableTorchFunction():
             name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
@@ -195,7 +202,7 @@ class _Recorder(TorchFunctionMode):
                 except Exception as exc:
                     raise RuleError(
                         f"rule {rule.name} failed on {name} in layer '{frame[0]}' with input "
-                        f"shapes {list(shapes_of(args))}: {exc}"
+                        f"shapes {_listed(shapes_of(args))}: {exc}"
                     ) from exc
                 status, rule_name = "counted", rule.name
             self.records.append(
@@ -227,24 +234,28 @@ class _Recorder(TorchFunctionMode):
         if entry is None:
             return
         name, rule, leaf = entry
-        with torch._C.DisableTorchFunction():
+        frame = self.stack.pop()
+        while frame[0] != name and self.stack:  # a child that raised and was caught
             frame = self.stack.pop()
-            while frame[0] != name and self.stack:  # a child that raised and was caught
-                frame = self.stack.pop()
-            counts, status = Counts(), "traced"
-            if rule is not None:
-                counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output)
-                self.suppress -= 1
-                if self.suppress:
-                    return
-                self._resume()
-            elif leaf and frame[1] == 0 and not _passes_through(args, output):
-                status = "uncounted"
-            self.records.append(
-                Record(name, type(module).__name__, None, status,
-                       shapes_of(args) + shapes_of(kwargs), shapes_of(output),
-                       counts.macs, counts.flops, counts.matmul_flops, rule.name if rule else None)
-            )
+        if rule is None:
+            status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
+            with torch._C.DisableTorchFunction():  # the mode is on: keep this hook's calls out of it
+                self._record(name, module, args, kwargs, output, Counts(), status, None)
+            return
+        # the mode is paused (or suppressed): torch calls from here on are not counted
+        counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output)
+        self.suppress -= 1
+        if not self.suppress:
+            self._record(name, module, args, kwargs, output, counts, status, rule.name)
+            self._resume()
+
+    def _record(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any, counts: Counts,
+                status: str, rule: str | None) -> None:
+        inputs = shapes_of(args) + shapes_of(kwargs) if kwargs else shapes_of(args)
+        self.records.append(
+            Record(name, type(module).__name__, None, status, inputs, shapes_of(output),
+                   counts.macs, counts.flops, counts.matmul_flops, rule)
+        )
 
     @staticmethod
     def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> tuple[Counts, str]:
@@ -255,7 +266,7 @@ class _Recorder(TorchFunctionMode):
         except Exception as exc:
             raise RuleError(
                 f"rule {rule.name} failed on layer '{name}' ({type(module).__name__}) with input shapes "
-                f"{list(shapes_of(inputs))}: {exc}"
+                f"{_listed(shapes_of(inputs))}: {exc}"
             ) from exc
         if not isinstance(counts, Counts):
             raise RuleError(
@@ -263,6 +274,9 @@ class _Recorder(TorchFunctionMode):
                 f"({type(module).__name__}); a rule returns Counts"
             )
         return counts, "counted"
+
+
+_active = threading.local()  # the model a capture or timing pass is running, per thread
 
 
 @contextmanager
@@ -274,8 +288,14 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
     they see other modules' calls too and must ignore them. On exit, also by an exception or
     ``KeyboardInterrupt``, they are removed and every module's own ``training`` flag restored.
     """
+    if getattr(_active, "model", None) is not None:
+        raise RuntimeError(
+            "profile() was called while another profile() runs in this thread (from inside a forward?); "
+            "nested profiling is not supported: profile the inner model on its own"
+        )
     modes = [(module, module.training) for module in model.modules()]
     handles = []
+    _active.model = model
     try:
         if pre_hook is not None:
             handles.append(nn.modules.module.register_module_forward_pre_hook(pre_hook))
@@ -286,6 +306,7 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         with torch.no_grad():
             yield
     finally:
+        _active.model = None
         for handle in handles:
             handle.remove()
         for module, training in modes:
@@ -312,6 +333,6 @@ def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Ca
         where = ""
         if recorder.last is not None:
             name, module, args = recorder.last
-            where = f" while running layer '{name}' ({type(module).__name__}) with input shapes {list(shapes_of(args))}"
+            where = f" while running layer '{name}' ({type(module).__name__}) with input shapes {_listed(shapes_of(args))}"
         raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
     return Capture(_module_infos(planned), tuple(recorder.records), output)

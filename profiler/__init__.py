@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
-from profiler.api import UncountedWarning, profile
+from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
 from profiler.result import ProfileResult
 from profiler.tree import Layer
@@ -16,6 +16,7 @@ __all__ = [
     "Layer",
     "ProfileResult",
     "RuleError",
+    "UncountedError",
     "UncountedWarning",
     "clever_format",
     "compare_with_thop",

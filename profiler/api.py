@@ -14,11 +14,15 @@ from hooks.timing import time_modules
 from profiler.result import ProfileResult
 from profiler.tree import uncounted_summary
 
-__all__ = ["profile", "forward_arguments", "UncountedWarning"]
+__all__ = ["profile", "forward_arguments", "UncountedError", "UncountedWarning"]
 
 
 class UncountedWarning(UserWarning):
     """Some layers or torch functions ran without a rule; their work is not in the totals."""
+
+
+class UncountedError(RuntimeError):
+    """``strict=True`` and some layers or torch functions ran without a rule."""
 
 
 def _normalise_inputs(inputs: Any) -> tuple:
@@ -71,6 +75,21 @@ def forward_arguments(
     return () if inputs is None else _normalise_inputs(inputs)
 
 
+def _check_devices(model: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> None:
+    """Inputs on another device than a single-device model: say which, before running."""
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if len(devices) != 1:
+        return  # no weights, or spread over devices on purpose
+    (device,) = devices
+    named = [(f"inputs[{i}]", a) for i, a in enumerate(args)] + [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
+    for where, value in named:
+        if isinstance(value, torch.Tensor) and value.dim() and value.device != device:
+            raise ValueError(
+                f"the model is on {device} but {where} is on {value.device}; "
+                f"move one of them, e.g. {where}.to('{device}') or model.to('{value.device}')"
+            )
+
+
 def _custom_rules(custom_ops: Mapping[type, Callable] | None) -> dict[type, Rule]:
     rules = {}
     for key, fn in (custom_ops or {}).items():
@@ -96,6 +115,7 @@ def profile(
     measure_time: bool = False,
     repeats: int = 5,
     warmup: int = 1,
+    strict: bool = False,
 ) -> ProfileResult:
     """Count the MACs, FLOPs and parameters of one forward pass of ``model``.
 
@@ -110,6 +130,7 @@ def profile(
     model's device and dtype (``input_dtype=torch.long`` for token ids: zeros).
     ``measure_time=True`` then times every layer: ``warmup`` forwards, then the median of
     ``repeats`` timed forwards (CUDA synchronised), in separate passes after the counting one.
+    ``strict=True`` raises :class:`UncountedError` if anything ran without a rule.
     """
     if isinstance(model, type):
         raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
@@ -121,12 +142,17 @@ def profile(
     if measure_time and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
         raise ValueError(f"warmup must be an integer >= 0, not {warmup!r}")
     forward_kwargs = dict(kwargs or {})
+    _check_devices(model, args, forward_kwargs)
     resolver = REGISTRY.resolver(_custom_rules(custom_ops))
 
     def call() -> Any:
         return model(*args, **forward_kwargs)
 
     result = capture(model, call, resolver)
+    uncounted = uncounted_summary(result.records)
+    if strict and uncounted:
+        listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
+        raise UncountedError(f"strict=True and these ran without a rule: {listing}")
     times = None
     if measure_time:
         named = dict(model.named_modules())
@@ -134,7 +160,6 @@ def profile(
         on_cuda = any(t.is_cuda for t in (*args, *forward_kwargs.values(), *model.parameters()) if isinstance(t, torch.Tensor))
         times = time_modules(model, call, timed, repeats=repeats, warmup=warmup, synchronize=on_cuda)
 
-    uncounted = uncounted_summary(result.records)
     if verbose:
         for rule_name, types in _rules_used(result.modules).items():
             print(f"[INFO] {rule_name}() counts {', '.join(types)}")

@@ -21,6 +21,7 @@ __all__ = [
     "cells",
     "headers",
     "rows",
+    "find",
     "select_rows",
     "text_table",
     "total_row",
@@ -76,6 +77,7 @@ class TableOptions:
     sort_by: str | None = None
     top: int | None = None
     units: str = "human"
+    layer: str | None = None  # show only this layer's subtree
 
     def validate(self, timed: bool) -> None:
         """Raise ``ValueError`` naming the bad option and listing the valid ones."""
@@ -107,13 +109,13 @@ def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
 
 
 def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
-    """Tree rows down to ``depth`` (None: all). A layer that has children shows the torch
-    functions it called itself as rows of their own, so each parent row is the sum of the rows
-    under it."""
+    """Tree rows down to ``depth`` levels below ``root`` (None: all). A layer that has children
+    shows the torch functions it called itself as rows of their own, so each parent row is the
+    sum of the rows under it."""
 
     def visit(layer: Layer, lead: str, glyph: str) -> Iterator[Row]:
         yield _layer_row(layer, lead + glyph)
-        if depth is not None and layer.depth >= depth:
+        if depth is not None and layer.depth - root.depth >= depth:
             return
         functions = layer.functions if layer.children else ()
         entries = [("function", f) for f in functions] + [("layer", c) for c in layer.children]
@@ -143,20 +145,36 @@ _SORT_VALUE = {
 }
 
 
+def find(root: Layer, name: str) -> Layer:
+    """The layer named ``name`` (as in ``named_modules()``), or ``KeyError``."""
+    for layer in walk(root):
+        if layer.name == name:
+            return layer
+    raise KeyError(f"no layer named {name!r}; names are those of named_modules(), e.g. "
+                   f"{', '.join(repr(c.name) for c in root.children[:3])}")
+
+
 def select_rows(root: Layer, options: TableOptions) -> list[Row]:
-    """The tree (``sort_by=None``), or a flat ranking of every layer by its own work."""
+    """The tree (``sort_by=None``), or a flat ranking of every layer by its own work; only the
+    subtree of ``options.layer`` when given, ``options.depth`` levels deep."""
+    if options.layer is not None:
+        try:
+            root = find(root, options.layer)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
     if options.sort_by is None:
         depth = auto_depth(root) if options.depth is None else options.depth
         selected = list(rows(root, depth))
     else:
-        flat = [_own_row(layer) for layer in walk(root) if options.depth is None or layer.depth <= options.depth]
+        flat = [_own_row(layer) for layer in walk(root)
+                if options.depth is None or layer.depth - root.depth <= options.depth]
         selected = sorted(flat, key=_SORT_VALUE[options.sort_by], reverse=True)
     return selected[: options.top] if options.top else selected
 
 
 def auto_depth(root: Layer, max_rows: int = MAX_AUTO_ROWS) -> int:
-    """The deepest depth whose table fits in ``max_rows`` rows (at least 1)."""
-    deepest = max(row.depth for row in rows(root))
+    """The most levels below ``root`` whose table fits in ``max_rows`` rows (at least 1)."""
+    deepest = max(row.depth for row in rows(root)) - root.depth
     for depth in range(deepest, 0, -1):
         if sum(1 for _ in rows(root, depth)) <= max_rows:
             return depth

@@ -9,7 +9,7 @@ from typing import Any
 
 from profiler.export import layer_records, to_csv_text, to_dict, to_json_text
 from profiler.html import html_table
-from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, text_table, uncounted_note
+from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table, uncounted_note
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
 from profiler.units import format_count, format_seconds
@@ -81,17 +81,14 @@ class ProfileResult(tuple):
 
     def layer(self, name: str) -> Layer:
         """The layer named ``name`` (as in ``named_modules()``; ``""`` is the model)."""
-        for layer in walk(self.root):
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer named {name!r} in the profiled tree")
+        return find(self.root, name)
 
-    def _options(self, depth, columns, sort_by, top, units) -> TableOptions:
+    def _options(self, depth, columns, sort_by, top, units, layer) -> TableOptions:
         if columns is None:
             columns = DEFAULT_COLUMNS + (TIME_COLUMNS if self.root.time is not None else ())
         elif isinstance(columns, str):
             columns = [c.strip() for c in columns.split(",")]
-        options = TableOptions(depth, tuple(columns), sort_by, top, units)
+        options = TableOptions(depth, tuple(columns), sort_by, top, units, layer)
         options.validate(timed=self.root.time is not None)
         return options
 
@@ -104,6 +101,7 @@ class ProfileResult(tuple):
         top: int | None = None,
         units: str = "human",
         tablefmt: str = "simple",
+        layer: str | None = None,
     ) -> str:
         """The per-layer table as text.
 
@@ -111,9 +109,10 @@ class ProfileResult(tuple):
         column names or one comma-separated string. ``sort_by`` ("macs", "flops",
         "params", "time") ranks every layer by its own work in a flat list, ``top`` keeps the
         first k rows. ``units`` is "human" (1.23M) or "exact" (1,234,567); ``tablefmt`` is any
-        tabulate format.
+        tabulate format. ``layer="model.layers.0"`` shows that layer's subtree only (``depth``
+        then counts levels below it).
         """
-        options = self._options(depth, columns, sort_by, top, units)
+        options = self._options(depth, columns, sort_by, top, units, layer)
         return text_table(self.root, self.uncounted, options, tablefmt)
 
     def html(
@@ -124,9 +123,10 @@ class ProfileResult(tuple):
         sort_by: str | None = None,
         top: int | None = None,
         units: str = "human",
+        layer: str | None = None,
     ) -> str:
         """The per-layer table as HTML, with the options of :meth:`table`."""
-        return html_table(self.root, self.uncounted, self._options(depth, columns, sort_by, top, units))
+        return html_table(self.root, self.uncounted, self._options(depth, columns, sort_by, top, units, layer))
 
     def _repr_html_(self) -> str:
         return self.html()
