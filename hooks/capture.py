@@ -75,6 +75,11 @@ def shapes_of(value: Any) -> tuple[Shape, ...]:
     return ()
 
 
+def _layer(name: str) -> str:
+    """``layer 'features.3'`` for messages; the root module is ``the model``."""
+    return f"layer '{name}'" if name else "the model"
+
+
 def _listed(shapes: tuple[Shape, ...]) -> list[tuple[int, ...]]:
     """Shapes as plain tuples, for messages: ``[(1, 3, 224, 224)]``."""
     return [tuple(shape) for shape in shapes]
@@ -201,7 +206,7 @@ class _Recorder(TorchFunctionMode):
                     counts = rule.fn(args, kwargs, out)
                 except Exception as exc:
                     raise RuleError(
-                        f"rule {rule.name} failed on {name} in layer '{frame[0]}' with input "
+                        f"rule {rule.name} failed on {name} in {_layer(frame[0])} with input "
                         f"shapes {_listed(shapes_of(args))}: {exc}"
                     ) from exc
                 status, rule_name = "counted", rule.name
@@ -265,12 +270,12 @@ class _Recorder(TorchFunctionMode):
             counts = rule.fn(module, inputs, output)
         except Exception as exc:
             raise RuleError(
-                f"rule {rule.name} failed on layer '{name}' ({type(module).__name__}) with input shapes "
+                f"rule {rule.name} failed on {_layer(name)} ({type(module).__name__}) with input shapes "
                 f"{_listed(shapes_of(inputs))}: {exc}"
             ) from exc
         if not isinstance(counts, Counts):
             raise RuleError(
-                f"rule {rule.name} returned {type(counts).__name__} on layer '{name}' "
+                f"rule {rule.name} returned {type(counts).__name__} on {_layer(name)} "
                 f"({type(module).__name__}); a rule returns Counts"
             )
         return counts, "counted"
@@ -333,6 +338,7 @@ def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Ca
         where = ""
         if recorder.last is not None:
             name, module, args = recorder.last
-            where = f" while running layer '{name}' ({type(module).__name__}) with input shapes {_listed(shapes_of(args))}"
+            shapes = _listed(shapes_of(args))
+            where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
         raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
     return Capture(_module_infos(planned), tuple(recorder.records), output)
