@@ -6,7 +6,7 @@ Importing this package registers the built-in rules in :data:`REGISTRY`.
 from __future__ import annotations
 
 from hooks import rules as _rules  # noqa: F401  (registers the built-in rules)
-from hooks.capture import Capture, CaptureError, ModuleInfo, RuleError, capture, shapes_of
+from hooks.capture import Capture, CaptureError, ModuleInfo, RuleError, capture_forward, shapes_of
 from hooks.counts import ZERO, Counts
 from hooks.records import Record, Shape, Status
 from hooks.registry import (
@@ -37,7 +37,7 @@ __all__ = [
     "Status",
     "ZERO",
     "as_counts",
-    "capture",
+    "capture_forward",
     "custom_rule",
     "free_functions",
     "free_modules",

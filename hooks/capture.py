@@ -1,11 +1,12 @@
-"""Capture: hooks on every module and a TorchFunctionMode for one forward pass, producing records.
+"""Capture: module hooks and a TorchFunctionMode for one forward pass, producing records.
 
-A forward pre-hook and a forward hook on each module keep the stack of running modules. A module
-whose type has a rule is counted by it from ``(module, inputs, output)`` and covers its subtree:
-its children get no hooks and the torch functions they call are not counted again. Inside modules
-without a rule, the function mode counts each torch function call with a function rule and
-attributes it to the innermost running module. Everything attached is removed, and every
-module's ``training`` flag restored, before :func:`capture` returns or raises.
+A global forward pre-hook and forward hook, alive for this forward only, keep the stack of the
+model's running modules. A module whose type has a rule is counted by it from
+``(module, inputs, output)`` and covers its subtree: its children are ignored and the torch
+functions they call are not counted again. Inside modules without a rule, the function mode
+counts each torch function call with a function rule and attributes it to the innermost running
+module. The hooks are removed, and every module's ``training`` flag restored, before
+:func:`capture_forward` returns or raises.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hooks.counts import Counts
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 
-__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture", "shapes_of"]
+__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "shapes_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,6 @@ class Capture:
 
     modules: tuple[ModuleInfo, ...]
     records: tuple[Record, ...]
-    output: Any
 
 
 class RuleError(RuntimeError):
@@ -56,7 +56,7 @@ class RuleError(RuntimeError):
 
 
 class CaptureError(RuntimeError):
-    """The model's forward raised; the message names the last layer that started."""
+    """The model's forward raised; the message names the innermost layer that was running."""
 
 
 def shapes_of(value: Any) -> tuple[Shape, ...]:
@@ -163,10 +163,9 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.function_rules = function_rules
         self.records: list[Record] = []
-        self.stack: list[list] = []  # [name, functions seen] per running module
+        self.stack: list[list] = []  # [name, functions seen, module, args] per running module
         self.suppress = 0  # > 0 while a module rule's module runs
         self.paused = False  # off the mode stack while a ruled module runs
-        self.last: tuple[str, nn.Module, tuple] | None = None  # the last module that started
         self.names: dict[Callable, str] = {}
         self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {}  # name, rule, is a leaf
 
@@ -227,8 +226,9 @@ class _Recorder(TorchFunctionMode):
         if entry is None:
             return
         name, rule, _ = entry
-        self.stack.append([name, 0])
-        self.last = (name, module, args)
+        if rule is None and self.suppress:  # inside a ruled module, whose rule counts this call
+            return
+        self.stack.append([name, 0, module, args])
         if rule is not None:
             self.suppress += 1
             if self.suppress == 1:
@@ -239,6 +239,8 @@ class _Recorder(TorchFunctionMode):
         if entry is None:
             return
         name, rule, leaf = entry
+        if rule is None and self.suppress:  # inside a ruled module: no frame was pushed
+            return
         frame = self.stack.pop()
         while frame[0] != name and self.stack:  # a child that raised and was caught
             frame = self.stack.pop()
@@ -314,31 +316,33 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         _active.model = None
         for handle in handles:
             handle.remove()
+            # torch's handle forgets this flag when the hook goes (torch 2.14)
+            nn.modules.module._global_forward_hooks_with_kwargs.pop(handle.id, None)
         for module, training in modes:
             if module.training != training:
                 module.training = training
 
 
-def capture(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
+def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
     """Run ``call()`` (one forward of ``model``) with hooks attached, in eval mode, without grad.
 
     Every hook is removed and every module's ``training`` flag restored before returning, also
     when ``call`` raises; a forward that raises is re-raised as :class:`CaptureError` naming the
-    last layer that started, with the original exception chained.
+    innermost layer that was running, with the original exception chained.
     """
     planned = _plan(model, resolver)
     recorder = _Recorder(resolver.function_rules)
     recorder.watch(planned)
     try:
         with attached(model, recorder.pre_hook, recorder.post_hook), recorder:
-            output = call()
+            call()
     except RuleError:
         raise
     except Exception as exc:
         where = ""
-        if recorder.last is not None:
-            name, module, args = recorder.last
+        if recorder.stack:  # the innermost module still running when the exception left it
+            name, _, module, args = recorder.stack[-1]
             shapes = _listed(shapes_of(args))
             where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
         raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
-    return Capture(_module_infos(planned), tuple(recorder.records), output)
+    return Capture(_module_infos(planned), tuple(recorder.records))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hooks import REGISTRY, Rule, capture, custom_rule
+from hooks import REGISTRY, Rule, capture_forward, custom_rule
 from hooks.timing import time_modules
 from profiler.result import ProfileResult
 from profiler.tree import uncounted_summary
@@ -45,7 +45,9 @@ def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 def _random_inputs(model: nn.Module, input_size: Any, input_dtype: torch.dtype | None) -> tuple:
     """One tensor per size: uniform [0, 1) on the model's device and dtype; zeros (a valid token
     id everywhere) for an integer ``input_dtype``."""
-    sizes = list(input_size) if input_size and isinstance(input_size[0], (tuple, list, torch.Size)) else [input_size]
+    sequence = (tuple, list, torch.Size)
+    nested = isinstance(input_size, sequence) and input_size and isinstance(input_size[0], sequence)
+    sizes = list(input_size) if nested else [input_size]
     for size in sizes:
         if not isinstance(size, (tuple, list, torch.Size)) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in size
@@ -148,7 +150,7 @@ def profile(
     def call() -> Any:
         return model(*args, **forward_kwargs)
 
-    result = capture(model, call, resolver)
+    result = capture_forward(model, call, resolver)
     uncounted = uncounted_summary(result.records)
     if strict and uncounted:
         listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)

@@ -7,9 +7,17 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
+import warnings
 
-from profiler import Layer
+import pytest
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.modules import module as module_globals
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils.flop_counter import FlopCounterMode
+
+from profiler import Layer, ProfileResult, UncountedWarning, profile
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -38,3 +46,72 @@ def assert_tree_invariant(layer: Layer) -> None:
         assert_tree_invariant(child)
         children = children + child.total
     assert layer.total == children, f"layer {layer.name!r}: total {layer.total} != own + children {children}"
+
+
+def flop_counter_flops(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
+    """FlopCounterMode's total for one forward in the model's current mode, with grad enabled and
+    the math attention kernel (it counts 0 for the fused CPU kernels and MHA's no-grad fast path)."""
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter, torch.enable_grad():
+        model(*args, **(kwargs or {}))
+    return counter.get_total_flops()
+
+
+def counted(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> ProfileResult:
+    """``profile()``, failing the test if anything ran without a rule or the tree does not add up."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWarning)
+        result = profile(model, args, kwargs=kwargs)
+    assert result.uncounted == ()
+    assert_tree_invariant(result.root)
+    return result
+
+
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+# _global_forward_hooks_with_kwargs is checked on its own (test_no_global_hook_flag_left_behind)
+GLOBAL_HOOK_DICTS = tuple(
+    name for name in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_forward_hooks_always_called",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    if hasattr(module_globals, name)
+)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything about the model that profiling must leave as it was."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [(name, m.training) for name, m in model.named_modules(remove_duplicate=False)],
+        "requires_grad": [(name, p.requires_grad) for name, p in model.named_parameters(remove_duplicate=False)],
+        "attrs": [(name, sorted(vars(m))) for name, m in model.named_modules(remove_duplicate=False)],
+        "hooks": [(name, {d: dict(getattr(m, d)) for d in HOOK_DICTS}) for name, m in model.named_modules()],
+        "buffers": [(name, sorted(m._buffers)) for name, m in model.named_modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict, grad_enabled: bool = True) -> None:
+    """The model as in ``before``; no function mode, no global module hooks, grad mode as it was."""
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), key
+    for part in ("training", "requires_grad", "attrs", "hooks", "buffers"):
+        assert after[part] == before[part], part
+    assert _get_current_function_mode_stack() == []
+    assert torch._C._len_torch_function_stack() == 0
+    for name in GLOBAL_HOOK_DICTS:
+        assert not getattr(module_globals, name), name
+    assert torch.is_grad_enabled() is grad_enabled

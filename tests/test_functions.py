@@ -9,16 +9,13 @@ same product written with ``mm``/``bmm``, named in the case.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_tree_invariant
+from conftest import assert_tree_invariant, counted, flop_counter_flops
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from hooks import REGISTRY
 from profiler import UncountedWarning, profile
@@ -33,25 +30,6 @@ class Call(nn.Module):
 
     def forward(self, *inputs):
         return self.fn(*inputs)
-
-
-def flop_counter_flops(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
-    """FCM's total for one forward, with grad enabled and the math attention kernel (FCM counts
-    0 for the fused CPU kernels and MHA's no-grad fast path)."""
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.enable_grad():
-        model(*args, **(kwargs or {}))
-    return counter.get_total_flops()
-
-
-def counted(model: nn.Module, args: tuple = (), kwargs: dict | None = None):
-    """``profile()``, failing the test if anything ran without a rule."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UncountedWarning)
-        result = profile(model, args, kwargs=kwargs)
-    assert result.uncounted == ()
-    assert_tree_invariant(result.root)
-    return result
 
 
 def randn(*shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:

@@ -5,21 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.overrides import _get_current_function_mode_stack
 
 from hooks import CaptureError, RuleError
+from conftest import assert_unchanged, snapshot
 from profiler import profile
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
 
 class Boom(nn.Module):
     def forward(self, x):
@@ -39,28 +28,6 @@ def mixed_model(failing: bool = False) -> nn.Module:
     model[1].eval()
     model[1].weight.requires_grad_(False)
     return model
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "attrs": {name: sorted(vars(m)) for name, m in model.named_modules()},
-        "hooks": {name: {d: dict(getattr(m, d)) for d in HOOK_DICTS} for name, m in model.named_modules()},
-        "buffers": {name: sorted(m._buffers) for name, m in model.named_modules()},
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["state"].keys() == before["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), key
-    for part in ("training", "requires_grad", "attrs", "hooks", "buffers"):
-        assert after[part] == before[part], part
-    assert _get_current_function_mode_stack() == []
-    assert torch.is_grad_enabled()
 
 
 def test_model_untouched_after_profile():

@@ -10,35 +10,14 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 
 import pytest
 import torch
 import transformers
-from conftest import assert_tree_invariant
+from conftest import counted, flop_counter_flops
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
-from profiler import UncountedWarning, profile
-
-
-def flop_counter_flops(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
-    """FCM's total for one forward in the model's current mode, with grad and the math kernel."""
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.enable_grad():
-        model(*args, **(kwargs or {}))
-    return counter.get_total_flops()
-
-
-def counted(model: nn.Module, args: tuple = (), kwargs: dict | None = None):
-    """``profile()``, failing the test if anything ran without a rule."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UncountedWarning)
-        result = profile(model, args, kwargs=kwargs)
-    assert result.uncounted == ()
-    assert_tree_invariant(result.root)
-    return result
+from profiler import profile
 
 
 def not_run(result, prefix: str = "") -> list[str]:
