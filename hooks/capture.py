@@ -11,6 +11,7 @@ module. The hooks are removed, and every module's ``training`` flag restored, be
 
 from __future__ import annotations
 
+import gc
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -292,8 +293,9 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
     """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call.
 
     The hooks are global (``register_module_forward_*_hook``), so nothing is added to the model;
-    they see other modules' calls too and must ignore them. On exit, also by an exception or
-    ``KeyboardInterrupt``, they are removed and every module's own ``training`` flag restored.
+    they see other modules' calls too and must ignore them. Python's cyclic garbage collector is
+    paused meanwhile. On exit, also by an exception or ``KeyboardInterrupt``, the hooks are removed,
+    the collector resumed and every module's own ``training`` flag restored.
     """
     if getattr(_active, "model", None) is not None:
         raise RuntimeError(
@@ -303,6 +305,10 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
     modes = [(module, module.training) for module in model.modules()]
     handles = []
     _active.model = model
+    # one record per call adds up to many small objects: a cyclic collection every few hundred of
+    # them would scan the whole model each time, so collection waits until the forward is over
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         if pre_hook is not None:
             handles.append(nn.modules.module.register_module_forward_pre_hook(pre_hook))
@@ -313,6 +319,8 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         with torch.no_grad():
             yield
     finally:
+        if collecting:
+            gc.enable()
         _active.model = None
         for handle in handles:
             handle.remove()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -79,16 +80,18 @@ def forward_arguments(
 
 def _check_devices(model: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> None:
     """Inputs on another device than a single-device model: say which, before running."""
-    devices = {t.device for t in (*model.parameters(), *model.buffers())}
-    if len(devices) != 1:
-        return  # no weights, or spread over devices on purpose
-    (device,) = devices
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is None:
+        return
     named = [(f"inputs[{i}]", a) for i, a in enumerate(args)] + [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
     for where, value in named:
-        if isinstance(value, torch.Tensor) and value.dim() and value.device != device:
+        if not isinstance(value, torch.Tensor) or not value.dim() or value.device == first.device:
+            continue
+        devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+        if len(devices) == 1:  # a model spread over devices on purpose is left alone
             raise ValueError(
-                f"the model is on {device} but {where} is on {value.device}; "
-                f"move one of them, e.g. {where}.to('{device}') or model.to('{value.device}')"
+                f"the model is on {first.device} but {where} is on {value.device}; "
+                f"move one of them, e.g. {where}.to('{first.device}') or model.to('{value.device}')"
             )
 
 

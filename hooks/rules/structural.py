@@ -67,6 +67,7 @@ free_functions(
         "randn", "randn_like", "requires_grad", "pad", "dropout", "dropout1d", "dropout2d",
         "dropout3d", "alpha_dropout", "feature_alpha_dropout", "embedding", "pixel_shuffle",
         "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "histc", "bincount",
+        "_pack_padded_sequence", "_pad_packed_sequence",
     ),
     torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.T.__get__, torch.Tensor.mT.__get__,
     torch.Tensor.H.__get__, torch.Tensor.mH.__get__, torch.Tensor.data.__get__, torch.Tensor.real.__get__,
