@@ -3,7 +3,7 @@
 For each model of a zoo (torchvision CNNs and ViT/Swin, nn.Transformer, LSTM/GRU, GPT-2, BERT,
 LLaMA, T5...), in one process and interleaved after a warm-up, it times the median of several runs
 of: a plain ``torch.no_grad()`` forward, ``profiler.profile``, ``thop.profile`` and
-``FlopCounterMode``; it prints each tool's cost as a ratio to the plain forward, their geometric
+``FlopCounterMode`` (each sample repeats a call until it lasts about 20 ms); it prints each tool's cost as a ratio to the plain forward, their geometric
 means and worst models, and writes the table as JSON. The ``calls`` columns count module calls and
 torch function calls per forward, which is what hooks and the function mode pay for.
 
@@ -180,11 +180,17 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
     for _ in range(warmup):
         for tool, fn in TOOLS.items():
             fn(thop_model if tool == "thop" else model, args)
+    # a sample times enough calls to last about 20 ms, so sub-millisecond models are not timer noise
+    start = time.perf_counter()
+    _plain(model, args)
+    number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
     for _ in range(repeats):
         for tool, fn in TOOLS.items():
+            target = thop_model if tool == "thop" else model
             start = time.perf_counter()
-            fn(thop_model if tool == "thop" else model, args)
-            runs[tool].append(time.perf_counter() - start)
+            for _ in range(number):
+                fn(target, args)
+            runs[tool].append((time.perf_counter() - start) / number)
     medians = {tool: statistics.median(times) for tool, times in runs.items()}
     module_calls, function_calls = call_counts(model, args)
     plain = medians["plain"]
