@@ -33,6 +33,18 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
+class Block(nn.Module):
+    """A residual block for the small table models: Linear(8, 8), GELU, and an add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return x + self.act(self.proj(x))
+
+
 @pytest.fixture
 def seed():
     """The seed article's model and input: ``model, x``."""

@@ -22,7 +22,7 @@ from profiler import UncountedWarning, profile
 from profiler.render import COLUMNS, SORT_KEYS
 from profiler.units import UNITS
 
-from conftest import assert_tree_invariant, load_example
+from conftest import Block, assert_tree_invariant, load_example
 
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -110,16 +110,6 @@ def as_dicts(header: list[str], rows: list[list[str]]) -> list[dict[str, str]]:
 
 def exact(n: int) -> str:
     return f"{n:,}"
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(8, 8)
-        self.act = nn.GELU()
-
-    def forward(self, x):
-        return x + self.act(self.proj(x))
 
 
 class Net(nn.Module):

@@ -11,17 +11,7 @@ from hooks import Counts, ModuleInfo, Record
 from profiler import profile
 from profiler.render import TableOptions, rows, text_table
 from profiler.tree import build_tree, uncounted_summary
-from conftest import assert_tree_invariant
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(8, 8)
-        self.act = nn.GELU()
-
-    def forward(self, x):
-        return x + self.act(self.proj(x))
+from conftest import Block, assert_tree_invariant
 
 
 class Small(nn.Module):

@@ -290,4 +290,7 @@ def test_gpt2_small_on_meta_device_closed_form():
     layer_norm_macs = (2 * n_layer + 1) * t * d * 4  # thop: 4 per element, affine
     assert result.matmul_flops == 2 * matmul_macs
     assert result.total_macs == matmul_macs + layer_norm_macs
-    assert result.total_params == 124_439_808  # the LM head is tied to the token embedding
+    # token and position embeddings; per layer two LayerNorms and four Conv1D with biases; ln_f.
+    # The LM head is tied to the token embedding, so it adds nothing.
+    per_layer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    assert result.total_params == vocab * d + 1024 * d + n_layer * per_layer + 2 * d
