@@ -9,7 +9,7 @@ from typing import Any
 
 from profiler.export import layer_records, to_csv_text, to_dict, to_json_text
 from profiler.html import html_table
-from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table, uncounted_note
+from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
 from profiler.units import format_count, format_seconds
@@ -175,13 +175,3 @@ class ProfileResult(tuple):
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(repr(self))
-
-    def summary(self) -> str:
-        """Totals in one line each, with the uncounted list."""
-        lines = [
-            f"MACs:   {format_count(self.total_macs, 'exact')}",
-            f"FLOPs:  {format_count(self.total_flops, 'exact')}",
-            f"Params: {format_count(self.total_params, 'exact')}",
-        ]
-        note = uncounted_note(self.uncounted)
-        return "\n".join(lines + ([note] if note else []))
