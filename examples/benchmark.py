@@ -9,6 +9,7 @@ torch function calls per forward, which is what hooks and the function mode pay 
 
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
+    python examples/benchmark.py --scale     # 10,000 small modules; 100 calls of one shared cell
 """
 
 from __future__ import annotations
@@ -78,6 +79,29 @@ def _hf(model_class: str, config_class: str, tokens: int = 128, decoder: bool = 
     return build
 
 
+class Loop(nn.Module):
+    """``steps`` calls of one shared cell, as a recurrent model unrolls it."""
+
+    def __init__(self, cell: nn.Module, steps: int = 100) -> None:
+        super().__init__()
+        self.cell = cell
+        self.steps = steps
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], self.cell.hidden_size)
+        for _ in range(self.steps):
+            h = self.cell(x, h)
+        return h
+
+
+def _chain(width: int, rows: int, n: int = 10_000) -> Callable[[], tuple[nn.Module, tuple]]:
+    return lambda: (nn.Sequential(*(nn.Linear(width, width) for _ in range(n))), (torch.rand(rows, width),))
+
+
+def _loop(width: int, rows: int) -> Callable[[], tuple[nn.Module, tuple]]:
+    return lambda: (Loop(nn.GRUCell(width, width)), (torch.rand(rows, width),))
+
+
 def _seed():
     sys.path.insert(0, __file__.rpartition("/")[0] or ".")
     from transformer_flops import seed_model
@@ -117,6 +141,14 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "vit_hf": lambda: _vit_hf(),
     "distilbert": _hf("DistilBertModel", "DistilBertConfig", n_layers=3, dim=256, n_heads=4, hidden_dim=1024),
 }
+SCALE: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "chain_10k_linear64x8": _chain(64, 8),
+    "chain_10k_linear128x32": _chain(128, 32),
+    "chain_10k_linear256x32": _chain(256, 32),
+    "loop_100_grucell64x8": _loop(64, 8),
+    "loop_100_grucell256x32": _loop(256, 32),
+}
+"""How the cost scales with the number of module calls: 10,000 modules, or 100 calls of one."""
 QUICK = ("resnet18", "mobilenet_v3_large", "seed_transformer", "transformer_encoder", "small_lstm", "gpt2", "llama")
 
 
@@ -173,7 +205,7 @@ def call_counts(model: nn.Module, args: tuple) -> tuple[int, int]:
 
 
 def measure(name: str, repeats: int, warmup: int) -> dict:
-    model, args = ZOO[name]()
+    model, args = {**ZOO, **SCALE}[name]()
     model.eval()
     thop_model = copy.deepcopy(model)  # thop leaves one hook per shared module behind
     runs: dict[str, list[float]] = {tool: [] for tool in TOOLS}
@@ -223,14 +255,22 @@ def report(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
-    parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(ZOO))
+    parser.add_argument("--models", help="comma-separated subset of: " + ", ".join([*ZOO, *SCALE]))
+    parser.add_argument("--scale", action="store_true", help="the scaling models instead of the zoo: "
+                        "10,000 small modules, 100 calls of one shared cell")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    names = args.models.split(",") if args.models else list(QUICK if args.quick else ZOO)
+    if args.models:
+        names = args.models.split(",")
+        unknown = [n for n in names if n not in ZOO and n not in SCALE]
+        if unknown:
+            parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join([*ZOO, *SCALE])}")
+    else:
+        names = list(SCALE if args.scale else QUICK if args.quick else ZOO)
     repeats = args.repeats or (3 if args.quick else 7)
     rows = []
     for name in names:
