@@ -1,7 +1,8 @@
 """Capture: module hooks and a TorchFunctionMode for one forward pass, producing records.
 
 A global forward pre-hook and forward hook, alive for this forward only, keep the stack of the
-model's running modules. A module whose type has a rule is counted by it from
+model's running modules (the forward hook also runs when a module raises, so a forward that
+catches a layer's error goes on being counted). A module whose type has a rule is counted by it from
 ``(module, inputs, output)`` and covers its subtree: its children are ignored and the torch
 functions they call are not counted again. Inside modules without a rule, the function mode
 counts each torch function call with a function rule and attributes it to the innermost running
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,25 +25,29 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from hooks.counts import Counts
+from hooks.counts import ZERO, Counts
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 
-__all__ = ["ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "shapes_of"]
+__all__ = [
+    "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "gc_paused", "shapes_of",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class ModuleInfo:
-    """Static facts about one module of the model, in ``named_modules()`` order."""
+class ModuleInfo(NamedTuple):
+    """Static facts about one module of the model, in ``named_modules()`` order.
+
+    ``params`` counts the parameters registered on this module itself; a parameter shared by
+    several modules is owned by the first one in ``named_modules()`` order. ``covered`` is True
+    when an ancestor has a module rule, which counts this module too. A NamedTuple: one is made
+    per module, and a model may have tens of thousands.
+    """
 
     name: str
     type: str
     params: int
-    """Parameters registered on this module itself; a parameter shared by several modules is
-    owned by the first one in ``named_modules()`` order."""
     rule: str | None
     covered: bool
-    """True when an ancestor has a module rule, which counts this module too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +73,28 @@ def shapes_of(value: Any) -> tuple[Shape, ...]:
     """
     if isinstance(value, torch.Tensor):
         return (value.shape,)
-    if isinstance(value, (tuple, list)):
-        if len(value) == 1 and isinstance(value[0], torch.Tensor):  # most module inputs
-            return (value[0].shape,)
-        return tuple(s for v in value for s in shapes_of(v))
     if isinstance(value, dict):
-        return tuple(s for v in value.values() for s in shapes_of(v)) if value else ()
+        value = tuple(value.values())
+    if isinstance(value, (tuple, list)):
+        shapes = []  # a loop, not nested generators: this runs on every module call
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                shapes.append(item.shape)
+            elif isinstance(item, (tuple, list, dict)):
+                shapes.extend(shapes_of(item))
+        return tuple(shapes)
     return ()
+
+
+def _new_record(fields: tuple) -> Record:
+    """``Record(*fields)`` at half the cost: the hooks make one per module call."""
+    return tuple.__new__(Record, fields)
+
+
+def _input_shapes(args: tuple, kwargs: dict) -> tuple[Shape, ...]:
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):  # most module calls
+        return (args[0].shape,)
+    return shapes_of(args) + shapes_of(kwargs) if kwargs else shapes_of(args)
 
 
 def _layer(name: str) -> str:
@@ -129,46 +150,62 @@ class _Planned(NamedTuple):
 
 
 def _plan(model: nn.Module, resolver: Resolver) -> list[_Planned]:
-    """Each module with its rule; a module under a ruled ancestor is covered and gets no hooks."""
-    planned = []
-    absorbed: set[str] = set()  # modules whose subtree a rule counts
-    for name, module in model.named_modules():
-        covered = bool(name) and name.rpartition(".")[0] in absorbed
-        rule = None if covered else resolver.module_rule(type(module))
-        if covered or rule is not None:
-            absorbed.add(name)
-        planned.append(_Planned(name, module, rule, covered))
+    """``model.named_modules()`` in its order, each module with its rule; a module under a ruled
+    ancestor is covered and gets no hooks. Without a generator per module: a third of the cost."""
+    planned = [_Planned("", model, resolver.module_rule(type(model)), False)]
+    _visit(model, "", planned[0].rule is not None, resolver, planned, {model})
     return planned
+
+
+def _visit(module: nn.Module, prefix: str, covered: bool, resolver: Resolver, planned: list, seen: set) -> None:
+    for name, child in module._modules.items():
+        if child is None or child in seen:
+            continue
+        seen.add(child)
+        rule = None if covered else resolver.module_rule(type(child))
+        planned.append(_Planned(prefix + name, child, rule, covered))
+        if child._modules:
+            _visit(child, prefix + name + ".", covered or rule is not None, resolver, planned, seen)
 
 
 def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
     """Facts read after the forward, when lazy modules have their parameters and final class."""
-    owned: set[int] = set()
-    infos = []
-    for p in planned:
-        params = 0
+    owners: dict[int, tuple[int, nn.Parameter]] = {}  # each parameter's first module, by position
+    for position, p in enumerate(planned):
         # _parameters is parameters(recurse=False) without a generator per module
         for parameter in p.module._parameters.values():
-            if parameter is not None and id(parameter) not in owned:
-                owned.add(id(parameter))
-                params += parameter.numel()
-        rule = p.rule.name if p.rule else None
-        infos.append(ModuleInfo(p.name, type(p.module).__name__, params, rule, p.covered))
-    return tuple(infos)
+            if parameter is not None:
+                owners.setdefault(id(parameter), (position, parameter))
+    params = [0] * len(planned)
+    for position, parameter in owners.values():
+        params[position] += parameter.numel()
+    return tuple([
+        ModuleInfo(p.name, type(p.module).__name__, count, p.rule.name if p.rule else None, p.covered)
+        for p, count in zip(planned, params)
+    ])
+
+
+_RAISED = object()  # what post_hook sees as output when the module raised
 
 
 class _Recorder(TorchFunctionMode):
     """Holds the running-module stack and the records; counts torch functions as they run."""
 
-    def __init__(self, function_rules: dict[Callable, Rule]) -> None:
+    def __init__(self, function_rules: dict[Callable, Rule], planned: Iterable[_Planned]) -> None:
         super().__init__()
         self.function_rules = function_rules
         self.records: list[Record] = []
-        self.stack: list[list] = []  # [name, functions seen, module, args] per running module
-        self.suppress = 0  # > 0 while a module rule's module runs
+        self.stack: list[list] = []  # [name, functions seen, module, args, ruled] per running module
+        self.suppress = 0  # ruled modules running: their rules count everything they call
         self.paused = False  # off the mode stack while a ruled module runs
         self.names: dict[Callable, str] = {}
-        self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {}  # name, rule, is a leaf
+        self.thread = threading.get_ident()  # global hooks see other threads' module calls too
+        self.failure: tuple[list, BaseException] | None = None  # (frame, exception) where the forward raised
+        # name, rule, is a leaf; modules covered by a ruled ancestor are left out
+        self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {
+            p.module: (p.name, p.rule, not p.module._modules or next(p.module.children(), None) is None)
+            for p in planned if not p.covered
+        }
 
     def _pause(self) -> None:
         """Step off the function-mode stack while a ruled module runs: nothing there is counted,
@@ -200,7 +237,7 @@ class _Recorder(TorchFunctionMode):
         with torch._C.DisableTorchFunction():
             name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
             if rule is None:
-                counts, status, rule_name = Counts(), "uncounted", None
+                counts, status, rule_name = ZERO, "uncounted", None
             else:
                 try:
                     counts = rule.fn(args, kwargs, out)
@@ -216,59 +253,64 @@ class _Recorder(TorchFunctionMode):
             )
         return out
 
-    def watch(self, planned: Iterable[_Planned]) -> None:
-        """Count these modules' calls (the others, covered by a rule or foreign, are ignored)."""
-        for p in planned:
-            if not p.covered:
-                self.plan[p.module] = (p.name, p.rule, next(p.module.children(), None) is None)
-
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         entry = self.plan.get(module)
-        if entry is None:
+        if entry is None or threading.get_ident() != self.thread:
             return
-        name, rule, _ = entry
-        if rule is None and self.suppress:  # inside a ruled module, whose rule counts this call
+        if entry[1] is None:
+            if not self.suppress:  # else inside a ruled module, whose rule counts this call
+                self.stack.append([entry[0], 0, module, args, False])
             return
-        self.stack.append([name, 0, module, args])
-        if rule is not None:
-            self.suppress += 1
-            if self.suppress == 1:
-                self._pause()
+        self.stack.append([entry[0], 0, module, args, True])
+        self.suppress += 1
+        if self.suppress == 1:
+            self._pause()
 
-    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any = _RAISED) -> None:
+        """After each module call. Registered with ``always_call=True``, it also runs when the
+        module raised, called as ``post_hook(module, args, None)``: the frame goes, so a caller
+        that catches the error goes on being counted."""
         entry = self.plan.get(module)
-        if entry is None:
+        if entry is None or threading.get_ident() != self.thread:
             return
-        name, rule, leaf = entry
-        if rule is None and self.suppress:  # inside a ruled module: no frame was pushed
+        if not self.stack or self.stack[-1][2] is not module:  # inside a ruled module: no frame was pushed
             return
         frame = self.stack.pop()
-        while frame[0] != name and self.stack:  # a child that raised and was caught
-            frame = self.stack.pop()
+        name, rule, leaf = entry
+        if output is _RAISED:
+            self._raised(frame)
+            return
         if rule is None:
             status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
             with torch._C.DisableTorchFunction():  # the mode is on: keep this hook's calls out of it
-                self._record(name, module, args, kwargs, output, Counts(), status, None)
+                self.records.append(_new_record((name, type(module).__name__, None, status,
+                                                 _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None)))
             return
-        # the mode is paused (or suppressed): torch calls from here on are not counted
-        counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output)
         self.suppress -= 1
-        if not self.suppress:
-            self._record(name, module, args, kwargs, output, counts, status, rule.name)
-            self._resume()
+        if self.suppress:  # a ruled module inside another: the outer rule counts this call
+            return
+        # the mode is still paused: torch calls from here on are not counted
+        if rule.free:
+            counts, status = ZERO, "free"
+        else:
+            counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output), "counted"
+        self.records.append(_new_record((name, type(module).__name__, None, status, _input_shapes(args, kwargs),
+                                         shapes_of(output), *counts, rule.name)))
+        self._resume()
 
-    def _record(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any, counts: Counts,
-                status: str, rule: str | None) -> None:
-        inputs = shapes_of(args) + shapes_of(kwargs) if kwargs else shapes_of(args)
-        self.records.append(
-            Record(name, type(module).__name__, None, status, inputs, shapes_of(output),
-                   counts.macs, counts.flops, counts.matmul_flops, rule)
-        )
+    def _raised(self, frame: list) -> None:
+        """A module raised: it leaves no record; the first module the exception leaves is where it
+        happened (the outer ones see the same exception go by)."""
+        if frame[4]:
+            self.suppress -= 1
+            if not self.suppress:
+                self._resume()
+        exc = sys.exc_info()[1]
+        if self.failure is None or self.failure[1] is not exc:
+            self.failure = (frame, exc)
 
     @staticmethod
-    def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> tuple[Counts, str]:
-        if rule.free:
-            return Counts(), "free"
+    def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> Counts:
         try:
             counts = rule.fn(module, inputs, output)
         except Exception as exc:
@@ -281,46 +323,59 @@ class _Recorder(TorchFunctionMode):
                 f"rule {rule.name} returned {type(counts).__name__} on {_layer(name)} "
                 f"({type(module).__name__}); a rule returns Counts"
             )
-        return counts, "counted"
+        return counts
 
 
 _active = threading.local()  # the model a capture or timing pass is running, per thread
 
 
 @contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the body.
+
+    A profiling pass makes many small objects (a record per call): a cyclic collection every few
+    hundred of them would scan the whole model each time, so collection waits until it is over.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+@contextmanager
 def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Callable | None = None,
-             *, with_kwargs: bool = True) -> Iterator[None]:
+             *, with_kwargs: bool = True, always_call: bool = False,
+             modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
     """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call.
 
     The hooks are global (``register_module_forward_*_hook``), so nothing is added to the model;
-    they see other modules' calls too and must ignore them. Python's cyclic garbage collector is
-    paused meanwhile. On exit, also by an exception or ``KeyboardInterrupt``, the hooks are removed,
-    the collector resumed and every module's own ``training`` flag restored.
+    they see other modules' calls, and other threads', too and must ignore them. ``always_call``
+    also runs ``post_hook`` when a module raises (see :meth:`_Recorder.post_hook`). ``modules`` are
+    the model's modules if the caller has them at hand. On exit, also by an exception or
+    ``KeyboardInterrupt``, the hooks are removed and every module's own ``training`` flag restored.
     """
     if getattr(_active, "model", None) is not None:
         raise RuntimeError(
             "profile() was called while another profile() runs in this thread (from inside a forward?); "
             "nested profiling is not supported: profile the inner model on its own"
         )
-    modes = [(module, module.training) for module in model.modules()]
+    modes = [(module, module.training) for module in (model.modules() if modules is None else modules)]
     handles = []
     _active.model = model
-    # one record per call adds up to many small objects: a cyclic collection every few hundred of
-    # them would scan the whole model each time, so collection waits until the forward is over
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         if pre_hook is not None:
             handles.append(nn.modules.module.register_module_forward_pre_hook(pre_hook))
         if post_hook is not None:
-            handles.append(nn.modules.module.register_module_forward_hook(post_hook, with_kwargs=with_kwargs))
+            handles.append(nn.modules.module.register_module_forward_hook(
+                post_hook, with_kwargs=with_kwargs, always_call=always_call))
         if any(training for _, training in modes):
             model.eval()
         with torch.no_grad():
             yield
     finally:
-        if collecting:
-            gc.enable()
         _active.model = None
         for handle in handles:
             handle.remove()
@@ -338,19 +393,20 @@ def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolve
     when ``call`` raises; a forward that raises is re-raised as :class:`CaptureError` naming the
     innermost layer that was running, with the original exception chained.
     """
-    planned = _plan(model, resolver)
-    recorder = _Recorder(resolver.function_rules)
-    recorder.watch(planned)
-    try:
-        with attached(model, recorder.pre_hook, recorder.post_hook), recorder:
-            call()
-    except RuleError:
-        raise
-    except Exception as exc:
-        where = ""
-        if recorder.stack:  # the innermost module still running when the exception left it
-            name, _, module, args = recorder.stack[-1]
-            shapes = _listed(shapes_of(args))
-            where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
-        raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
-    return Capture(_module_infos(planned), tuple(recorder.records))
+    with gc_paused():
+        planned = _plan(model, resolver)
+        recorder = _Recorder(resolver.function_rules, planned)
+        try:
+            with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True,
+                          modules=[p.module for p in planned]), recorder:
+                call()
+        except RuleError:
+            raise
+        except Exception as exc:
+            where = ""
+            if recorder.failure is not None:
+                name, _, module, args, _ = recorder.failure[0]
+                shapes = _listed(shapes_of(args))
+                where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
+            raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
+        return Capture(_module_infos(planned), tuple(recorder.records))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hooks.capture import attached
+from hooks.capture import attached, gc_paused
 
 __all__ = ["time_modules"]
 
@@ -50,16 +50,17 @@ def time_modules(
                 sync()
             spent[name] += time.perf_counter() - starts.pop()
 
-    with attached(model):
-        for _ in range(warmup):
-            call()
     runs = []
-    with attached(model, pre_hook, post_hook, with_kwargs=False):
-        for _ in range(repeats):
-            spent.clear()
-            starts.clear()
-            call()
-            runs.append(dict(spent))
+    with gc_paused():
+        with attached(model):
+            for _ in range(warmup):
+                call()
+        with attached(model, pre_hook, post_hook, with_kwargs=False):
+            for _ in range(repeats):
+                spent.clear()
+                starts.clear()
+                call()
+                runs.append(dict(spent))
     root = names[model]
     runs.sort(key=lambda run: run.get(root, 0.0))
     return runs[len(runs) // 2]

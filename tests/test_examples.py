@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import load_example
 
 
@@ -47,3 +49,14 @@ def test_benchmark(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     assert [r["model"] for r in rows] == ["seed_transformer", "small_lstm"]
     assert all(r["ratios"]["hookprof"] > 0 for r in rows)
+
+
+def test_benchmark_scale_model_and_unknown_names(tmp_path, capsys):
+    benchmark = load_example("benchmark")
+    path = tmp_path / "bench.json"
+    benchmark.main(["--models", "loop_100_grucell64x8", "--repeats", "1", "--json", str(path)])
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["module_calls"] == 1 + 100  # the loop, then its shared cell once per step
+    with pytest.raises(SystemExit):
+        benchmark.main(["--models", "resnet18,nope"])
+    assert "unknown model(s) nope" in capsys.readouterr().err

@@ -103,3 +103,40 @@ def test_forward_runs_in_eval_mode():
     profile(model, inputs=(torch.rand(1),))
     assert seen == [False]
     assert model.training and model[0].training
+
+
+class Fallback(nn.Module):
+    """Tries a layer, catches its error and carries on with another: counting must carry on too."""
+
+    def __init__(self, tried: nn.Module) -> None:
+        super().__init__()
+        self.tried = tried
+        self.narrow = nn.Linear(4, 4)
+
+    def forward(self, x):
+        try:
+            x = self.tried(x)
+        except RuntimeError:
+            x = self.narrow(x)
+        return x @ torch.ones(4, 2)
+
+
+class Wide(nn.Module):
+    """No rule of its own; its Linear(8, 4) rejects a 4-wide input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("tried", [lambda: nn.Linear(8, 4), Wide], ids=["ruled", "traced"])
+def test_a_child_that_raised_and_was_caught_leaves_counting_intact(tried):
+    result = profile(Fallback(tried()), torch.rand(3, 4))
+    # narrow: Linear(4, 4) on 3 rows; then Fallback's own x @ [4, 2] on 3 rows
+    assert result.total_macs == 3 * 4 * 4 + 3 * 4 * 2
+    assert result.layer("narrow").calls == 1
+    assert [f.function for f in result.layer("").functions] == ["torch.Tensor.matmul"]
+    assert result.layer("tried").calls == 0  # it never returned

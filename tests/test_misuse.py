@@ -6,6 +6,7 @@ One case per row; the ``row`` ids are the README's first column.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -163,6 +164,34 @@ def test_two_threads_profile_two_models_at_once():
         # two Linear layers and the matmul with a [width, 2] matrix, on 3 rows
         assert results[width].total_macs == 2 * 3 * width * width + 3 * width * 2
         assert results[width].layer("").functions[0].function == "torch.Tensor.matmul"
+
+
+def test_another_thread_running_the_model_meanwhile_is_not_counted():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    x = torch.rand(3, 4)
+    alone = profile(model, x)
+    stop = threading.Event()
+    calls = []
+
+    def serve() -> None:  # another thread keeps using the same model, e.g. a server
+        while not stop.is_set():
+            with torch.no_grad():
+                calls.append(model(x))
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        while not calls:
+            time.sleep(0.001)
+        results = [profile(model, x) for _ in range(20)]
+    finally:
+        stop.set()
+        server.join()
+    assert len(calls) > 1
+    for result in results:
+        # two Linear(4, 4) on 3 rows, once: the other thread's calls are its own
+        assert result.total_macs == alone.total_macs == 2 * 3 * 4 * 4
+        assert [layer.calls for layer in result.layers] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize(

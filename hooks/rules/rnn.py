@@ -46,11 +46,8 @@ def lstm_cell_ops(input_size: int, hidden_size: int, bias: bool, proj_size: int 
 
 
 def _counts(matmul: int, elementwise: int, steps: int) -> Counts:
-    return Counts(
-        macs=(matmul + elementwise) * steps,
-        flops=(2 * matmul + elementwise) * steps,
-        matmul_flops=2 * matmul * steps,
-    )
+    # macs, flops, matmul_flops
+    return Counts((matmul + elementwise) * steps, (2 * matmul + elementwise) * steps, 2 * matmul * steps)
 
 
 def _cell_rule(name: str, cell_ops: CellOps) -> Callable[[nn.Module, tuple, object], Counts]:
