@@ -3,9 +3,13 @@
 For each model of a zoo (torchvision CNNs and ViT/Swin, nn.Transformer, LSTM/GRU, GPT-2, BERT,
 LLaMA, T5...), in one process and interleaved after a warm-up, it times the median of several runs
 of: a plain ``torch.no_grad()`` forward, ``profiler.profile``, ``thop.profile`` and
-``FlopCounterMode`` (each sample repeats a call until it lasts about 20 ms); it prints each tool's cost as a ratio to the plain forward, their geometric
-means and worst models, and writes the table as JSON. The ``calls`` columns count module calls and
-torch function calls per forward, which is what hooks and the function mode pay for.
+``FlopCounterMode`` (each sample repeats a call until it lasts about 20 ms); it prints each tool's
+cost as a ratio to the plain forward, their geometric means and worst models, and writes the table
+as JSON. ``added`` is what a ``profile`` call adds to the forward, in milliseconds; ``hooks`` is the
+part a capture without the function mode adds (module hooks, records, rules, the model walk) and
+``mode`` the rest: the function mode, and building the result. ``modules`` and ``functions`` count
+the module calls and torch function calls per forward, which is what the two parts pay for. Both
+parts are differences of medians: on a noisy machine a small one can come out below zero.
 
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
@@ -30,6 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from hooks import REGISTRY, capture_forward
 from profiler import profile
 
 
@@ -179,7 +184,13 @@ def _flop_counter(model, args):
         model(*args)
 
 
+def _hooks_only(model, args):
+    """hookprof's capture without its function mode: what the module hooks cost on their own."""
+    capture_forward(model, lambda: model(*args), REGISTRY.resolver({}), functions=False)
+
+
 TOOLS = {"plain": _plain, "hookprof": _ours, "thop": _thop, "FlopCounterMode": _flop_counter}
+PARTS = {"hooks": _hooks_only}  # timed with the tools, shown as milliseconds added, not as a ratio
 
 
 class _CountFunctions(TorchFunctionMode):
@@ -208,16 +219,17 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
     model, args = {**ZOO, **SCALE}[name]()
     model.eval()
     thop_model = copy.deepcopy(model)  # thop leaves one hook per shared module behind
-    runs: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    timed = {**TOOLS, **PARTS}
+    runs: dict[str, list[float]] = {tool: [] for tool in timed}
     for _ in range(warmup):
-        for tool, fn in TOOLS.items():
+        for tool, fn in timed.items():
             fn(thop_model if tool == "thop" else model, args)
     # a sample times enough calls to last about 20 ms, so sub-millisecond models are not timer noise
     start = time.perf_counter()
     _plain(model, args)
     number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
     for _ in range(repeats):
-        for tool, fn in TOOLS.items():
+        for tool, fn in timed.items():
             target = thop_model if tool == "thop" else model
             start = time.perf_counter()
             for _ in range(number):
@@ -231,6 +243,8 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
         "plain_ms": 1e3 * plain,
         "ratios": {tool: medians[tool] / plain for tool in TOOLS if tool != "plain"},
         "added_ms": 1e3 * (medians["hookprof"] - plain),
+        "hooks_ms": 1e3 * (medians["hooks"] - plain),
+        "mode_ms": 1e3 * (medians["hookprof"] - medians["hooks"]),
         "module_calls": module_calls,
         "function_calls": function_calls,
     }
@@ -239,11 +253,12 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
 def report(rows: list[dict]) -> str:
     tools = [t for t in TOOLS if t != "plain"]
     header = f"{'model':22s} {'forward':>9s} " + " ".join(f"{t:>15s}" for t in tools) + \
-        f" {'added':>9s} {'modules':>8s} {'functions':>9s}"
+        f" {'added':>9s} {'hooks':>9s} {'mode':>9s} {'modules':>8s} {'functions':>9s}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['model']:22s} {r['plain_ms']:7.1f}ms " + " ".join(f"{r['ratios'][t]:14.2f}x" for t in tools)
-                     + f" {r['added_ms']:7.2f}ms {r['module_calls']:8d} {r['function_calls']:9d}")
+                     + f" {r['added_ms']:7.2f}ms {r['hooks_ms']:7.2f}ms {r['mode_ms']:7.2f}ms"
+                     + f" {r['module_calls']:8d} {r['function_calls']:9d}")
     lines.append("-" * len(header))
     geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in rows)) for t in tools}
     lines.append(f"{'geometric mean':22s} {'':9s} " + " ".join(f"{geo[t]:14.2f}x" for t in tools))

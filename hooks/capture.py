@@ -17,7 +17,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -386,19 +386,21 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
                 module.training = training
 
 
-def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolver) -> Capture:
+def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolver, *, functions: bool = True) -> Capture:
     """Run ``call()`` (one forward of ``model``) with hooks attached, in eval mode, without grad.
 
     Every hook is removed and every module's ``training`` flag restored before returning, also
     when ``call`` raises; a forward that raises is re-raised as :class:`CaptureError` naming the
-    innermost layer that was running, with the original exception chained.
+    innermost layer that was running, with the original exception chained. ``functions=False``
+    leaves the function mode out: torch functions called in ``forward`` bodies are not seen (the
+    benchmark uses it to tell the hooks' cost from the mode's).
     """
     with gc_paused():
         planned = _plan(model, resolver)
         recorder = _Recorder(resolver.function_rules, planned)
         try:
             with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True,
-                          modules=[p.module for p in planned]), recorder:
+                          modules=[p.module for p in planned]), recorder if functions else nullcontext():
                 call()
         except RuleError:
             raise

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import assert_tree_invariant, counted, flop_counter_flops
 from torch import nn
 
-from hooks import REGISTRY
+from hooks import REGISTRY, capture_forward
 from profiler import UncountedWarning, profile
 
 
@@ -580,3 +580,21 @@ def test_float_function_without_rule_is_reported():
     bessel_row = next(line for line in table.splitlines() if "bessel" in line)
     assert "uncounted" in bessel_row
     assert "torch.special.i0 ×3" in table
+
+
+def test_capture_without_the_function_mode_sees_modules_only():
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.proj(x) @ torch.ones(4, 2)
+
+    model, x = Head(), torch.rand(3, 8)
+    full = capture_forward(model, lambda: model(x), REGISTRY.resolver({}))
+    modules_only = capture_forward(model, lambda: model(x), REGISTRY.resolver({}), functions=False)
+    # proj: Linear(8, 4) on 3 rows; the matmul with [4, 2] on 3 rows is a function call
+    assert sum(r.macs for r in full.records) == 3 * 8 * 4 + 3 * 4 * 2
+    assert sum(r.macs for r in modules_only.records) == 3 * 8 * 4
+    assert [r.function for r in modules_only.records] == [None, None]
