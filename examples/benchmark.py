@@ -5,15 +5,19 @@ LLaMA, T5...), in one process and interleaved after a warm-up, it times the medi
 of: a plain ``torch.no_grad()`` forward, ``profiler.profile``, ``thop.profile`` and
 ``FlopCounterMode`` (each sample repeats a call until it lasts about 20 ms); it prints each tool's
 cost as a ratio to the plain forward, their geometric means and worst models, and writes the table
-as JSON. ``added`` is what a ``profile`` call adds to the forward, in milliseconds; ``hooks`` is the
-part a capture without the function mode adds (module hooks, records, rules, the model walk) and
-``mode`` the rest: the function mode, and building the result. ``modules`` and ``functions`` count
-the module calls and torch function calls per forward, which is what the two parts pay for. Both
-parts are differences of medians: on a noisy machine a small one can come out below zero.
+as JSON.
+
+``added`` is what a ``profile`` call adds to the forward, in milliseconds. ``hooks`` is the part a
+capture without the function mode adds (module hooks, records, rules, the walk over the model) and
+``mode`` the rest: the function mode, and building the result. ``dispatch`` is the part of
+``hooks`` that torch's dispatch to two global hooks that do nothing costs: the floor for any
+forward-hook profiler. ``modules`` and ``functions`` count the module calls and torch function
+calls per forward, which is what the parts pay for. The parts are differences of medians: on a
+noisy machine a small one can come out below zero.
 
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
-    python examples/benchmark.py --scale     # 10,000 small modules; 100 calls of one shared cell
+    python examples/benchmark.py --scale     # 1,000 and 10,000 small modules; 100 calls of one shared cell
 """
 
 from __future__ import annotations
@@ -147,13 +151,14 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "distilbert": _hf("DistilBertModel", "DistilBertConfig", n_layers=3, dim=256, n_heads=4, hidden_dim=1024),
 }
 SCALE: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "chain_1k_linear64x8": _chain(64, 8, n=1_000),
     "chain_10k_linear64x8": _chain(64, 8),
     "chain_10k_linear128x32": _chain(128, 32),
     "chain_10k_linear256x32": _chain(256, 32),
     "loop_100_grucell64x8": _loop(64, 8),
     "loop_100_grucell256x32": _loop(256, 32),
 }
-"""How the cost scales with the number of module calls: 10,000 modules, or 100 calls of one."""
+"""How the cost scales with the number of module calls: 1,000 and 10,000 modules, or 100 calls of one."""
 QUICK = ("resnet18", "mobilenet_v3_large", "seed_transformer", "transformer_encoder", "small_lstm", "gpt2", "llama")
 
 
@@ -189,8 +194,19 @@ def _hooks_only(model, args):
     capture_forward(model, lambda: model(*args), REGISTRY.resolver({}), functions=False)
 
 
+def _dispatch_only(model, args):
+    """A plain forward with two global module hooks that do nothing: torch's share of the hooks' cost."""
+    handles = [nn.modules.module.register_module_forward_pre_hook(lambda module, inputs: None),
+               nn.modules.module.register_module_forward_hook(lambda module, inputs, output: None)]
+    try:
+        _plain(model, args)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 TOOLS = {"plain": _plain, "hookprof": _ours, "thop": _thop, "FlopCounterMode": _flop_counter}
-PARTS = {"hooks": _hooks_only}  # timed with the tools, shown as milliseconds added, not as a ratio
+PARTS = {"dispatch": _dispatch_only, "hooks": _hooks_only}  # shown as milliseconds added, not ratios
 
 
 class _CountFunctions(TorchFunctionMode):
@@ -243,6 +259,7 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
         "plain_ms": 1e3 * plain,
         "ratios": {tool: medians[tool] / plain for tool in TOOLS if tool != "plain"},
         "added_ms": 1e3 * (medians["hookprof"] - plain),
+        "dispatch_ms": 1e3 * (medians["dispatch"] - plain),
         "hooks_ms": 1e3 * (medians["hooks"] - plain),
         "mode_ms": 1e3 * (medians["hookprof"] - medians["hooks"]),
         "module_calls": module_calls,
@@ -253,11 +270,11 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
 def report(rows: list[dict]) -> str:
     tools = [t for t in TOOLS if t != "plain"]
     header = f"{'model':22s} {'forward':>9s} " + " ".join(f"{t:>15s}" for t in tools) + \
-        f" {'added':>9s} {'hooks':>9s} {'mode':>9s} {'modules':>8s} {'functions':>9s}"
+        f" {'added':>9s} {'dispatch':>9s} {'hooks':>9s} {'mode':>9s} {'modules':>8s} {'functions':>9s}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['model']:22s} {r['plain_ms']:7.1f}ms " + " ".join(f"{r['ratios'][t]:14.2f}x" for t in tools)
-                     + f" {r['added_ms']:7.2f}ms {r['hooks_ms']:7.2f}ms {r['mode_ms']:7.2f}ms"
+                     + f" {r['added_ms']:7.2f}ms {r['dispatch_ms']:7.2f}ms {r['hooks_ms']:7.2f}ms {r['mode_ms']:7.2f}ms"
                      + f" {r['module_calls']:8d} {r['function_calls']:9d}")
     lines.append("-" * len(header))
     geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in rows)) for t in tools}
@@ -272,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
     parser.add_argument("--models", help="comma-separated subset of: " + ", ".join([*ZOO, *SCALE]))
     parser.add_argument("--scale", action="store_true", help="the scaling models instead of the zoo: "
-                        "10,000 small modules, 100 calls of one shared cell")
+                        "1,000 and 10,000 small modules, 100 calls of one shared cell")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the results")

@@ -50,6 +50,7 @@ def test_benchmark(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["seed_transformer", "small_lstm"]
     assert all(r["ratios"]["hookprof"] > 0 for r in rows)
     assert all(r["hooks_ms"] + r["mode_ms"] == pytest.approx(r["added_ms"]) for r in rows)
+    assert all("dispatch_ms" in r for r in rows)
 
 
 def test_benchmark_scale_model_and_unknown_names(tmp_path, capsys):
