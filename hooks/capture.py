@@ -56,6 +56,8 @@ class Capture:
 
     modules: tuple[ModuleInfo, ...]
     records: tuple[Record, ...]
+    other_threads: tuple[str, ...] = ()
+    """Names of the model's layers called from other threads meanwhile, once per call: not counted."""
 
 
 class RuleError(RuntimeError):
@@ -150,8 +152,9 @@ class _Planned(NamedTuple):
 
 
 def _plan(model: nn.Module, resolver: Resolver) -> list[_Planned]:
-    """``model.named_modules()`` in its order, each module with its rule; a module under a ruled
-    ancestor is covered and gets no hooks. Without a generator per module: a third of the cost."""
+    """The names and order of ``nn.Module.named_modules()``, each module with its rule; a module
+    under a ruled ancestor is covered and gets no hooks. Without a generator per module: a third of
+    the cost (a class's own override of ``named_modules()`` is not consulted)."""
     planned = [_Planned("", model, resolver.module_rule(type(model)), False)]
     _visit(model, "", planned[0].rule is not None, resolver, planned, {model})
     return planned
@@ -201,6 +204,8 @@ class _Recorder(TorchFunctionMode):
         self.names: dict[Callable, str] = {}
         self.thread = threading.get_ident()  # global hooks see other threads' module calls too
         self.failure: tuple[list, BaseException] | None = None  # (frame, exception) where the forward raised
+        self.rule_error: RuleError | None = None
+        self.other_threads: list[str] = []  # layers called from other threads meanwhile
         # name, rule, is a leaf; modules covered by a ruled ancestor are left out
         self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {
             p.module: (p.name, p.rule, not p.module._modules or next(p.module.children(), None) is None)
@@ -242,7 +247,7 @@ class _Recorder(TorchFunctionMode):
                 try:
                     counts = rule.fn(args, kwargs, out)
                 except Exception as exc:
-                    raise RuleError(
+                    raise self._rule_error(
                         f"rule {rule.name} failed on {name} in {_layer(frame[0])} with input "
                         f"shapes {_listed(shapes_of(args))}: {exc}"
                     ) from exc
@@ -255,7 +260,10 @@ class _Recorder(TorchFunctionMode):
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         entry = self.plan.get(module)
-        if entry is None or threading.get_ident() != self.thread:
+        if entry is None:
+            return
+        if threading.get_ident() != self.thread:
+            self.other_threads.append(entry[0])  # list.append is atomic: threads may race here
             return
         if entry[1] is None:
             if not self.suppress:  # else inside a ruled module, whose rule counts this call
@@ -268,14 +276,19 @@ class _Recorder(TorchFunctionMode):
 
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any = _RAISED) -> None:
         """After each module call. Registered with ``always_call=True``, it also runs when the
-        module raised, called as ``post_hook(module, args, None)``: the frame goes, so a caller
-        that catches the error goes on being counted."""
+        module raised an ``Exception``: torch then calls ``post_hook(module, args, result)``, three
+        arguments, and the frame goes, so a caller that catches the error goes on being counted."""
         entry = self.plan.get(module)
         if entry is None or threading.get_ident() != self.thread:
             return
-        if not self.stack or self.stack[-1][2] is not module:  # inside a ruled module: no frame was pushed
+        if self.stack and self.stack[-1][2] is module:
+            frame = self.stack.pop()
+        elif self.suppress:  # inside a ruled module: no frame was pushed
             return
-        frame = self.stack.pop()
+        else:  # a child raised a BaseException, which always_call does not cover, and was caught
+            frame = self._unwind(module)
+            if frame is None:
+                return
         name, rule, leaf = entry
         if output is _RAISED:
             self._raised(frame)
@@ -289,14 +302,24 @@ class _Recorder(TorchFunctionMode):
         self.suppress -= 1
         if self.suppress:  # a ruled module inside another: the outer rule counts this call
             return
-        # the mode is still paused: torch calls from here on are not counted
-        if rule.free:
-            counts, status = ZERO, "free"
-        else:
-            counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output), "counted"
-        self.records.append(_new_record((name, type(module).__name__, None, status, _input_shapes(args, kwargs),
-                                         shapes_of(output), *counts, rule.name)))
-        self._resume()
+        try:  # the mode is still paused: torch calls from here on are not counted
+            if rule.free:
+                counts, status = ZERO, "free"
+            else:
+                counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output), "counted"
+            self.records.append(_new_record((name, type(module).__name__, None, status,
+                                             _input_shapes(args, kwargs), shapes_of(output), *counts, rule.name)))
+        finally:
+            self._resume()
+
+    def _unwind(self, module: nn.Module) -> list | None:
+        """Pop ``module``'s frame with the frames left above it; None if it has none."""
+        for depth in range(len(self.stack) - 1, -1, -1):
+            if self.stack[depth][2] is module:
+                frame = self.stack[depth]
+                del self.stack[depth:]
+                return frame
+        return None
 
     def _raised(self, frame: list) -> None:
         """A module raised: it leaves no record; the first module the exception leaves is where it
@@ -309,21 +332,25 @@ class _Recorder(TorchFunctionMode):
         if self.failure is None or self.failure[1] is not exc:
             self.failure = (frame, exc)
 
-    @staticmethod
-    def _apply(rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> Counts:
+    def _apply(self, rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> Counts:
         try:
             counts = rule.fn(module, inputs, output)
         except Exception as exc:
-            raise RuleError(
+            raise self._rule_error(
                 f"rule {rule.name} failed on {_layer(name)} ({type(module).__name__}) with input shapes "
                 f"{_listed(shapes_of(inputs))}: {exc}"
             ) from exc
         if not isinstance(counts, Counts):
-            raise RuleError(
+            raise self._rule_error(
                 f"rule {rule.name} returned {type(counts).__name__} on {_layer(name)} "
                 f"({type(module).__name__}); a rule returns Counts"
             )
         return counts
+
+    def _rule_error(self, message: str) -> RuleError:
+        """A RuleError, remembered: the capture raises it even if the model's forward catches it."""
+        self.rule_error = RuleError(message)
+        return self.rule_error
 
 
 _active = threading.local()  # the model a capture or timing pass is running, per thread
@@ -406,9 +433,11 @@ def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolve
             raise
         except Exception as exc:
             where = ""
-            if recorder.failure is not None:
+            if recorder.failure is not None and recorder.failure[1] is exc:  # not one a layer caught
                 name, _, module, args, _ = recorder.failure[0]
                 shapes = _listed(shapes_of(args))
                 where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
             raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
-        return Capture(_module_infos(planned), tuple(recorder.records))
+        if recorder.rule_error is not None:  # the forward caught it
+            raise recorder.rule_error
+        return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads))

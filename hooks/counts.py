@@ -21,7 +21,8 @@ class Counts(NamedTuple):
     """MACs and FLOPs of one call.
 
     A NamedTuple rather than a frozen dataclass: rules make one per call on the hot path, at a
-    third of the cost. ``+`` adds counts field by field; other tuple arithmetic is refused.
+    third of the cost. ``+`` adds counts field by field and ``counts * n`` is refused; it still
+    compares equal to the plain tuple ``(macs, flops, matmul_flops)``.
     """
 
     macs: int = 0

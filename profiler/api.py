@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -127,7 +128,8 @@ def profile(
     ``inputs`` is a tensor or a tuple of ``forward``'s positional arguments (a lone tensor is one
     argument; thop would unpack it along its first dimension); ``kwargs`` go to ``forward`` by
     keyword. The forward runs once in eval mode under ``torch.no_grad()``; the model comes back
-    exactly as it was. ``custom_ops`` maps module types to thop-style rules
+    exactly as it was. Only the calling thread's work is counted: layers the forward hands to
+    other threads are named in an :class:`UncountedWarning`. ``custom_ops`` maps module types to thop-style rules
     ``fn(module, inputs, output)``. Returns a :class:`ProfileResult`, which unpacks as
     ``macs, params`` (``macs, params, layer_info`` with ``ret_layer_info=True``).
 
@@ -135,7 +137,8 @@ def profile(
     model's device and dtype (``input_dtype=torch.long`` for token ids: zeros).
     ``measure_time=True`` then times every layer: ``warmup`` forwards, then the median of
     ``repeats`` timed forwards (CUDA synchronised), in separate passes after the counting one.
-    ``strict=True`` raises :class:`UncountedError` if anything ran without a rule.
+    ``strict=True`` raises :class:`UncountedError` if anything ran without a rule or in another
+    thread.
     """
     if isinstance(model, type):
         raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
@@ -158,6 +161,13 @@ def profile(
     if strict and uncounted:
         listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
         raise UncountedError(f"strict=True and these ran without a rule: {listing}")
+    if result.other_threads:
+        listing = ", ".join(f"'{name}' ×{calls}" for name, calls in Counter(result.other_threads).items())
+        message = (f"layers called from other threads while profiling were not counted: {listing}; "
+                   "only the calling thread's work is counted")
+        if strict:
+            raise UncountedError(f"strict=True and {message}")
+        warnings.warn(message, UncountedWarning, stacklevel=2)
     times = None
     if measure_time:
         named = dict(model.named_modules())

@@ -140,3 +140,67 @@ def test_a_child_that_raised_and_was_caught_leaves_counting_intact(tried):
     assert result.layer("narrow").calls == 1
     assert [f.function for f in result.layer("").functions] == ["torch.Tensor.matmul"]
     assert result.layer("tried").calls == 0  # it never returned
+
+
+class Abort(BaseException):
+    """Not an ``Exception``: torch's ``always_call`` hooks do not run for it."""
+
+
+class Aborts(nn.Module):
+    def forward(self, x):
+        raise Abort
+
+
+def test_a_child_that_raised_a_base_exception_and_was_caught_leaves_counting_intact():
+    class Catches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aborts = Aborts()
+            self.narrow = nn.Linear(4, 4)
+
+        def forward(self, x):
+            try:
+                self.aborts(x)
+            except Abort:
+                pass
+            return self.narrow(x) @ torch.ones(4, 2)
+
+    model = nn.Sequential(Catches(), nn.Linear(2, 2))
+    result = profile(model, torch.rand(3, 4))
+    # narrow: Linear(4, 4) on 3 rows; Catches' own matmul with [4, 2]; then Linear(2, 2)
+    assert result.total_macs == 3 * 4 * 4 + 3 * 4 * 2 + 3 * 2 * 2
+    assert result.layer("").calls == result.layer("0").calls == result.layer("1").calls == 1
+    # no hook runs when a BaseException leaves a layer, so until Catches returns its own torch
+    # calls are put on the layer that raised; an Exception (the test above) has no such gap
+    assert [f.function for f in result.layer("0.aborts").functions] == ["torch.Tensor.matmul"]
+
+
+def test_a_rule_error_the_forward_catches_still_fails_the_profile():
+    class Broken(nn.Linear):
+        pass
+
+    class CatchesAll(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.broken = Broken(4, 4)
+
+        def forward(self, x):
+            try:
+                return self.broken(x)
+            except Exception:
+                return x @ torch.ones(4, 4)
+
+    model = CatchesAll()
+    before = snapshot(model)
+    with pytest.raises(RuleError, match="failed on layer 'broken' \\(Broken\\).*division by zero"):
+        profile(model, torch.rand(3, 4), custom_ops={Broken: lambda m, i, o: 1 / 0})
+    assert_unchanged(model, before)
+
+
+def test_an_error_a_layer_caught_is_not_named_for_a_later_one():
+    model = Fallback(nn.Linear(8, 4))  # its first layer raises and is caught
+    model.register_forward_hook(lambda m, i, o: o[9])  # then the user's hook on the model raises
+
+    with pytest.raises(CaptureError, match="raised IndexError: index 9 is out of bounds") as raised:
+        profile(model, torch.rand(3, 4))
+    assert "tried" not in str(raised.value)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from torch import nn
 
 from hooks import REGISTRY, Counts, Registry
-from profiler import CaptureError, RuleError, UncountedError, profile
+from profiler import CaptureError, RuleError, UncountedError, UncountedWarning, profile
 from profiler.units import clever_format, format_count
 
 
@@ -183,7 +185,9 @@ def test_another_thread_running_the_model_meanwhile_is_not_counted():
     try:
         while not calls:
             time.sleep(0.001)
-        results = [profile(model, x) for _ in range(20)]
+        with warnings.catch_warnings():  # the server's calls are named in a warning when they overlap
+            warnings.simplefilter("ignore", UncountedWarning)
+            results = [profile(model, x) for _ in range(20)]
     finally:
         stop.set()
         server.join()
@@ -192,6 +196,29 @@ def test_another_thread_running_the_model_meanwhile_is_not_counted():
         # two Linear(4, 4) on 3 rows, once: the other thread's calls are its own
         assert result.total_macs == alone.total_macs == 2 * 3 * 4 * 4
         assert [layer.calls for layer in result.layers] == [1, 1, 1, 1]
+
+
+class Pooled(nn.Module):
+    """Hands one of its layers to a thread pool: work the profiling thread does not see."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        super().__init__()
+        self.pool = pool
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.pool.submit(self.a, x).result() + self.b(x)
+
+
+def test_layers_run_by_another_thread_are_named_in_a_warning():
+    with ThreadPoolExecutor(1) as pool:
+        model = Pooled(pool)
+        with pytest.warns(UncountedWarning, match="other threads while profiling were not counted: 'a' ×1"):
+            result = profile(model, torch.rand(2, 4))
+        assert result.total_macs == 2 * 4 * 4  # b only
+        with pytest.raises(UncountedError, match="strict=True and layers called from other threads"):
+            profile(model, torch.rand(2, 4), strict=True)
 
 
 @pytest.mark.parametrize(
