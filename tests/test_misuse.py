@@ -257,3 +257,12 @@ def test_counts_beyond_2_53_are_exact_ints():
     assert result.total_flops == 2 * macs
     assert f"{macs:,}" in result.table(units="exact")
     assert result.to_dict()["totals"]["macs"] == macs
+
+
+def test_counts_add_field_by_field_and_refuse_repetition():
+    a, b = Counts.matmul(3), Counts.elementwise(5, macs=1)
+    assert a + b == Counts(3 + 1, 2 * 3 + 5, 2 * 3)
+    with pytest.raises(TypeError):
+        a * 2  # a tuple would repeat itself into six numbers
+    with pytest.raises(TypeError):
+        a + (1, 2, 3)
