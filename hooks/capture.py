@@ -17,6 +17,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+import contextlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,12 +26,15 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.counts import ZERO, Counts
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
+from hooks.rules.common import positional
 
 __all__ = [
-    "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "gc_paused", "shapes_of",
+    "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
+    "gc_paused", "modules_by_name", "shapes_of",
 ]
 
 
@@ -149,68 +153,163 @@ class _Planned(NamedTuple):
     module: nn.Module
     rule: Rule | None
     covered: bool
+    how: int = 0  # _RULED, _TRACED, _UNPROVEN or _ATEN: how the module's calls are counted
+
+
+# How a module's calls are counted (a frame's kind while it runs).
+_TRACED = 0  # no rule: the torch functions its forward calls, by function rules
+_RULED = 1  # its rule, which covers the subtree
+_UNPROVEN = 2  # traced, then counted by the rule inherited across an overridden forward if it agrees
+_ATEN = 3  # a scripted or traced module (TorchScript runs no Python): its aten operators
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) stands for; others as they are."""
+    if "torch._dynamo" in sys.modules and type(module).__name__ == "OptimizedModule":
+        return getattr(module, "_orig_mod", module)
+    return module
+
+
+def _how(module: nn.Module, resolver: Resolver) -> tuple[Rule | None, int]:
+    if isinstance(module, torch.jit.ScriptModule):
+        return None, _ATEN
+    rule, unproven = resolver.lookup(type(module))
+    if rule is None:
+        return None, _TRACED
+    return rule, _UNPROVEN if unproven else _RULED
 
 
 def _plan(model: nn.Module, resolver: Resolver) -> list[_Planned]:
     """The names and order of ``nn.Module.named_modules()``, each module with its rule; a module
     under a ruled ancestor is covered and gets no hooks. Without a generator per module: a third of
-    the cost (a class's own override of ``named_modules()`` is not consulted)."""
-    planned = [_Planned("", model, resolver.module_rule(type(model)), False)]
-    _visit(model, "", planned[0].rule is not None, resolver, planned, {model})
+    the cost (a class's own override of ``named_modules()`` is not consulted). A module registered
+    under several parents appears once per path, so each call can go to the parent that made it;
+    a ``torch.compile`` wrapper is replaced by the module it wraps, under the wrapper's name."""
+    model = _unwrapped(model)
+    rule, how = _how(model, resolver)
+    planned = [_Planned("", model, rule, False, how)]
+    _visit(model, "", how in (_RULED, _ATEN), resolver, planned, {model})
     return planned
 
 
-def _visit(module: nn.Module, prefix: str, covered: bool, resolver: Resolver, planned: list, seen: set) -> None:
+def _visit(module: nn.Module, prefix: str, covered: bool, resolver: Resolver, planned: list, path: set) -> None:
     for name, child in module._modules.items():
-        if child is None or child in seen:
+        if child is None:
             continue
-        seen.add(child)
-        rule = None if covered else resolver.module_rule(type(child))
-        planned.append(_Planned(prefix + name, child, rule, covered))
+        child = _unwrapped(child)
+        if child in path:  # a module holding one of its ancestors: a cycle, walked once
+            continue
+        rule, how = (None, _TRACED) if covered else _how(child, resolver)
+        planned.append(_Planned(prefix + name, child, rule, covered, how))
         if child._modules:
-            _visit(child, prefix + name + ".", covered or rule is not None, resolver, planned, seen)
+            path.add(child)
+            _visit(child, prefix + name + ".", covered or how in (_RULED, _ATEN), resolver, planned, path)
+            path.discard(child)
 
 
 def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
     """Facts read after the forward, when lazy modules have their parameters and final class."""
-    owners: dict[int, tuple[int, nn.Parameter]] = {}  # each parameter's first module, by position
+    owners: dict[int, tuple[int, int]] = {}  # each parameter's first module, by position: its size
     for position, p in enumerate(planned):
-        # _parameters is parameters(recurse=False) without a generator per module
-        for parameter in p.module._parameters.values():
-            if parameter is not None:
-                owners.setdefault(id(parameter), (position, parameter))
+        for tensor in _own_weights(p.module):
+            owners.setdefault(id(tensor), (position, tensor.numel()))
     params = [0] * len(planned)
-    for position, parameter in owners.values():
-        params[position] += parameter.numel()
+    for position, numel in owners.values():
+        params[position] += numel
     return tuple([
-        ModuleInfo(p.name, type(p.module).__name__, count, p.rule.name if p.rule else None, p.covered)
+        ModuleInfo(p.name, _type_name(p.module), count, p.rule.name if p.rule and p.how == _RULED else None, p.covered)
         for p, count in zip(planned, params)
     ])
+
+
+def _own_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters registered on ``module`` itself (``_parameters``: no generator per module),
+    and the packed weight and bias of a quantized layer, which are not ``Parameter``s."""
+    weights = [p for p in module._parameters.values() if p is not None]
+    packed = getattr(module, "_weight_bias", None)
+    if packed is not None and not weights and callable(packed):
+        weights.extend(t for t in packed() if isinstance(t, torch.Tensor))
+    return weights
+
+
+def _type_name(module: nn.Module) -> str:
+    """The class name; for a scripted module, the class it was scripted from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", None) or type(module).__name__
+    return type(module).__name__
+
+
+def _has_sparse(values: tuple) -> bool:
+    """True when a tensor among ``values`` has a sparse layout: rules read dense shapes."""
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            return True
+    return False
+
+
+def _sparse_matmul_counts(args: tuple, out: Any) -> Counts | None:
+    """Multiplications a sparse-times-dense product does: one per stored value of the sparse
+    operand and column (row) of the dense one. None when the call is not such a product."""
+    if not isinstance(out, torch.Tensor) or len(args) < 2:
+        return None
+    a, b = args[-2], args[-1]  # addmm(input, mat1, mat2): the last two are the product
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() != 2 or b.dim() != 2:
+        return None
+    if a.layout != torch.strided and b.layout == torch.strided:
+        return Counts.matmul(a._nnz() * b.shape[1])
+    if b.layout != torch.strided and a.layout == torch.strided:
+        return Counts.matmul(a.shape[0] * b._nnz())
+    return None
+
+
+def _vmap_size(value: Any) -> int:
+    """How many samples a tensor under ``torch.vmap`` stands for (1 outside vmap): rules read the
+    per-sample shape, and the call ran once for every sample."""
+    functorch = torch._C._functorch
+    if isinstance(value, (tuple, list)):
+        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if not isinstance(value, torch.Tensor) or not functorch.is_functorch_wrapped_tensor(value):
+        return 1
+    logical = value.numel()
+    while functorch.is_functorch_wrapped_tensor(value):
+        value = functorch.get_unwrapped(value)
+    return value.numel() // logical if logical else 1
 
 
 _RAISED = object()  # what post_hook sees as output when the module raised
 
 
 class _Recorder(TorchFunctionMode):
-    """Holds the running-module stack and the records; counts torch functions as they run."""
+    """Holds the running-module stack and the records; counts torch functions as they run, and
+    aten operators where the Python level is blind."""
 
     def __init__(self, function_rules: dict[Callable, Rule], planned: Iterable[_Planned]) -> None:
         super().__init__()
         self.function_rules = function_rules
         self.records: list[Record] = []
-        self.stack: list[list] = []  # [name, functions seen, module, args, ruled] per running module
+        # [name, functions seen, module, args, how, first record] per running module
+        self.stack: list[list] = []
         self.suppress = 0  # ruled modules running: their rules count everything they call
         self.paused = False  # off the mode stack while a ruled module runs
         self.names: dict[Callable, str] = {}
+        self.aten = AtenCounter(self._count_operator)
+        self.aten_on = 0  # frames and calls that have the aten counter pushed
+        self.aten_rules: dict[Any, Rule | None] = {}
         self.thread = threading.get_ident()  # global hooks see other threads' module calls too
         self.failure: tuple[list, BaseException] | None = None  # (frame, exception) where the forward raised
         self.rule_error: RuleError | None = None
         self.other_threads: list[str] = []  # layers called from other threads meanwhile
-        # name, rule, is a leaf; modules covered by a ruled ancestor are left out
-        self.plan: dict[nn.Module, tuple[str, Rule | None, bool]] = {
-            p.module: (p.name, p.rule, not p.module._modules or next(p.module.children(), None) is None)
-            for p in planned if not p.covered
-        }
+        # name, rule, is a leaf, how it is counted, every name when it has several; covered modules left out
+        self.plan: dict[nn.Module, tuple[str, Rule | None, bool, int, tuple[str, ...] | None]] = {}
+        for p in planned:
+            if p.covered:
+                continue
+            entry = self.plan.get(p.module)
+            if entry is not None:  # registered under another parent too
+                self.plan[p.module] = (*entry[:4], (*(entry[4] or (entry[0],)), p.name))
+                continue
+            leaf = not p.module._modules or next(p.module.children(), None) is None
+            self.plan[p.module] = (p.name, p.rule, leaf, p.how, None)
 
     def _pause(self) -> None:
         """Step off the function-mode stack while a ruled module runs: nothing there is counted,
@@ -225,38 +324,102 @@ class _Recorder(TorchFunctionMode):
             torch._C._push_on_torch_function_stack(self)
             self.paused = False
 
+    def _aten_push(self) -> None:
+        self.aten_on += 1
+        if self.aten_on == 1:
+            torch._C._push_on_torch_dispatch_stack(self.aten)
+
+    def _aten_pop(self) -> None:
+        self.aten_on -= 1
+        if self.aten_on == 0:
+            torch._C._pop_torch_dispatch_stack(None)
+
+    def close(self) -> None:
+        """Undo what a module that raised past its hooks left on: the aten counter, the pause."""
+        if self.aten_on:
+            self.aten_on = 1
+            self._aten_pop()
+
     def __exit__(self, exc_type, exc_value, traceback) -> None:
         self._resume()  # a ruled module that raised never resumed
         super().__exit__(exc_type, exc_value, traceback)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         if self.suppress or not self.stack:
-            return out
+            return func(*args, **kwargs)
         frame = self.stack[-1]
         frame[1] += 1
         rule = self.function_rules.get(func)
-        if rule is not None and rule.free or not _is_floating(out):  # integer and boolean work is free
+        if rule is None:
+            if self.aten_on:
+                return func(*args, **kwargs)
+            self._aten_push()  # a function no rule names: count the aten operators it runs
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self._aten_pop()
+        out = func(*args, **kwargs)
+        if rule.free or not _is_floating(out):  # integer and boolean work is free
             return out
         with torch._C.DisableTorchFunction():
             name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
-            if rule is None:
-                counts, status, rule_name = ZERO, "uncounted", None
-            else:
-                try:
-                    counts = rule.fn(args, kwargs, out)
-                except Exception as exc:
-                    raise self._rule_error(
-                        f"rule {rule.name} failed on {name} in {_layer(frame[0])} with input "
-                        f"shapes {_listed(shapes_of(args))}: {exc}"
-                    ) from exc
-                status, rule_name = "counted", rule.name
-            self.records.append(
-                Record(frame[0], name, name, status, shapes_of(args), shapes_of(out),
-                       counts.macs, counts.flops, counts.matmul_flops, rule_name)
-            )
+            self._count_call(frame, name, func, rule, args, kwargs, out)
         return out
+
+    def _count_operator(self, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """An aten (or custom) operator ran with the aten counter on: count it in the innermost layer."""
+        if self.suppress or not self.stack:
+            return
+        with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
+            if not _is_floating(out):
+                return
+            try:
+                rule = self.aten_rules[op]
+            except KeyError:
+                rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
+            if rule is not None and rule.free:
+                return
+            name = self.names.get(op) or self.names.setdefault(op, op_name(op))
+            frame = self.stack[-1]
+            frame[1] += 1
+            self._count_call(frame, name, op, rule, args, kwargs, out)
+
+    def _count_call(self, frame: list, name: str, func: Any, rule: Rule | None, args: tuple, kwargs: dict, out: Any) -> None:
+        """One record for a function or operator call in ``frame``'s layer; no rule is uncounted."""
+        status = "counted"
+        counts = ZERO
+        if rule is None:
+            status = "uncounted"
+        elif _has_sparse(args):  # rules read dense shapes: count a sparse product by its stored values
+            counts = _sparse_matmul_counts(args, out) if "matmul" in rule.name or "addmm" in rule.name else None
+            if counts is None:
+                counts, status, name = ZERO, "uncounted", f"{name} (sparse)"
+        else:
+            if kwargs:
+                args, kwargs = positional(func, args, kwargs)
+            try:
+                counts = rule.fn(args, kwargs, out)
+            except Exception as exc:
+                raise self._rule_error(
+                    f"rule {rule.name} failed on {name} in {_layer(frame[0])} with input "
+                    f"shapes {_listed(shapes_of(args))}: {exc}"
+                ) from exc
+            if torch._C._functorch.peek_interpreter_stack() is not None:
+                counts = _scaled(counts, _vmap_size(out))
+        self.records.append(
+            Record(frame[0], name, name, status, shapes_of(args), shapes_of(out),
+                   counts.macs, counts.flops, counts.matmul_flops, rule.name if status == "counted" else None)
+        )
+
+    def _name_in_caller(self, names: tuple[str, ...]) -> str:
+        """Of a shared module's names, the one under the innermost running layer that holds it."""
+        for frame in reversed(self.stack):
+            prefix = frame[0] + "." if frame[0] else ""
+            for name in names:
+                if name.startswith(prefix) and "." not in name[len(prefix):]:
+                    return name
+        return names[0]
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         entry = self.plan.get(module)
@@ -265,11 +428,16 @@ class _Recorder(TorchFunctionMode):
         if threading.get_ident() != self.thread:
             self.other_threads.append(entry[0])  # list.append is atomic: threads may race here
             return
-        if entry[1] is None:
+        name, rule, _, how, names = entry
+        if names is not None:
+            name = self._name_in_caller(names)
+        if how != _RULED:
             if not self.suppress:  # else inside a ruled module, whose rule counts this call
-                self.stack.append([entry[0], 0, module, args, False])
+                self.stack.append([name, 0, module, args, how, len(self.records)])
+                if how == _ATEN:
+                    self._aten_push()
             return
-        self.stack.append([entry[0], 0, module, args, True])
+        self.stack.append([name, 0, module, args, _RULED, len(self.records)])
         self.suppress += 1
         if self.suppress == 1:
             self._pause()
@@ -289,34 +457,67 @@ class _Recorder(TorchFunctionMode):
             frame = self._unwind(module)
             if frame is None:
                 return
-        name, rule, leaf = entry
         if output is _RAISED:
             self._raised(frame)
             return
-        if rule is None:
-            status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
+        name, how = frame[0], frame[4]
+        _, rule, leaf, _, _ = entry
+        if how != _RULED:
+            if how == _ATEN:
+                self._aten_pop()
             with torch._C.DisableTorchFunction():  # the mode is on: keep this hook's calls out of it
-                self.records.append(_new_record((name, type(module).__name__, None, status,
+                if how == _UNPROVEN and self._proven(frame, rule, kwargs, output):
+                    return
+                status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
+                self.records.append(_new_record((name, _type_name(module), None, status,
                                                  _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None)))
             return
         self.suppress -= 1
         if self.suppress:  # a ruled module inside another: the outer rule counts this call
             return
         try:  # the mode is still paused: torch calls from here on are not counted
+            status = "counted"
             if rule.free:
                 counts, status = ZERO, "free"
+            elif _has_sparse(args):  # rules read dense shapes
+                counts, status = ZERO, "uncounted"
             else:
-                counts, status = self._apply(rule, module, name, _bind(module, args, kwargs), output), "counted"
+                counts = self._apply(rule, module, name, _bind(module, args, kwargs), output)
             self.records.append(_new_record((name, type(module).__name__, None, status,
-                                             _input_shapes(args, kwargs), shapes_of(output), *counts, rule.name)))
+                                             _input_shapes(args, kwargs), shapes_of(output), *counts,
+                                             rule.name if status != "uncounted" else None)))
         finally:
             self._resume()
+
+    def _proven(self, frame: list, rule: Rule, kwargs: dict, output: Any) -> bool:
+        """A subclass that overrides its base's ``forward`` ran traced: when all it did was torch
+        calls of its own, all counted, adding up to the FLOPs the base's rule gives, it computes
+        what the base computes and the rule counts it (thop's MACs for norms included). Else its
+        traced calls stand."""
+        start = frame[5]
+        own = self.records[start:]
+        if any(r.function is None or r.status not in ("counted", "free") or r.name != frame[0] for r in own):
+            return False
+        module = frame[2]
+        counts = ZERO if rule.free else self._apply(rule, module, frame[0], _bind(module, frame[3], kwargs), output)
+        traced = ZERO
+        for r in own:
+            traced = traced + Counts(r.macs, r.flops, r.matmul_flops)
+        if (counts.flops, counts.matmul_flops) != (traced.flops, traced.matmul_flops):
+            return False
+        del self.records[start:]
+        self.records.append(_new_record((frame[0], type(module).__name__, None, "free" if rule.free else "counted",
+                                         _input_shapes(frame[3], kwargs), shapes_of(output), *counts, rule.name)))
+        return True
 
     def _unwind(self, module: nn.Module) -> list | None:
         """Pop ``module``'s frame with the frames left above it; None if it has none."""
         for depth in range(len(self.stack) - 1, -1, -1):
             if self.stack[depth][2] is module:
                 frame = self.stack[depth]
+                for above in self.stack[depth + 1:]:
+                    if above[4] == _ATEN:
+                        self._aten_pop()
                 del self.stack[depth:]
                 return frame
         return None
@@ -324,10 +525,12 @@ class _Recorder(TorchFunctionMode):
     def _raised(self, frame: list) -> None:
         """A module raised: it leaves no record; the first module the exception leaves is where it
         happened (the outer ones see the same exception go by)."""
-        if frame[4]:
+        if frame[4] == _RULED:
             self.suppress -= 1
             if not self.suppress:
                 self._resume()
+        elif frame[4] == _ATEN:
+            self._aten_pop()
         exc = sys.exc_info()[1]
         if self.failure is None or self.failure[1] is not exc:
             self.failure = (frame, exc)
@@ -345,6 +548,8 @@ class _Recorder(TorchFunctionMode):
                 f"rule {rule.name} returned {type(counts).__name__} on {_layer(name)} "
                 f"({type(module).__name__}); a rule returns Counts"
             )
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            counts = _scaled(counts, _vmap_size(output))
         return counts
 
     def _rule_error(self, message: str) -> RuleError:
@@ -353,7 +558,24 @@ class _Recorder(TorchFunctionMode):
         return self.rule_error
 
 
+def _scaled(counts: Counts, n: int) -> Counts:
+    return counts if n == 1 else Counts(counts.macs * n, counts.flops * n, counts.matmul_flops * n)
+
+
 _active = threading.local()  # the model a capture or timing pass is running, per thread
+
+
+def compiled_runs_eagerly() -> contextlib.AbstractContextManager:
+    """``torch.compiler.set_stance("force_eager")``, where compiled code can run: a compiled model
+    or function runs its Python, which the hooks and modes see; tracing it under them would fail.
+
+    Only when Dynamo is loaded (nothing can have been compiled otherwise) or flex_attention is,
+    which compiles on its first call; loading Dynamo costs a second.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    if set_stance is None or not any(m in sys.modules for m in ("torch._dynamo", "torch.nn.attention.flex_attention")):
+        return nullcontext()
+    return set_stance("force_eager")
 
 
 @contextmanager
@@ -376,7 +598,8 @@ def gc_paused() -> Iterator[None]:
 def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Callable | None = None,
              *, with_kwargs: bool = True, always_call: bool = False,
              modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
-    """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call.
+    """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call,
+    and ``torch.compile``d code run eagerly (hooks see inside it; the arithmetic is the same).
 
     The hooks are global (``register_module_forward_*_hook``), so nothing is added to the model;
     they see other modules' calls, and other threads', too and must ignore them. ``always_call``
@@ -398,9 +621,10 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         if post_hook is not None:
             handles.append(nn.modules.module.register_module_forward_hook(
                 post_hook, with_kwargs=with_kwargs, always_call=always_call))
-        if any(training for _, training in modes):
-            model.eval()
-        with torch.no_grad():
+        for module, training in modes:
+            if training:  # the flag itself, not eval(): exported modules refuse eval()
+                module.training = False
+        with torch.no_grad(), compiled_runs_eagerly():
             yield
     finally:
         _active.model = None
@@ -426,18 +650,27 @@ def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolve
         planned = _plan(model, resolver)
         recorder = _Recorder(resolver.function_rules, planned)
         try:
-            with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True,
-                          modules=[p.module for p in planned]), recorder if functions else nullcontext():
-                call()
+            try:
+                with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True,
+                              modules=list({id(p.module): p.module for p in planned}.values())), \
+                        recorder if functions else nullcontext():
+                    call()
+            finally:
+                recorder.close()
         except RuleError:
             raise
         except Exception as exc:
             where = ""
             if recorder.failure is not None and recorder.failure[1] is exc:  # not one a layer caught
-                name, _, module, args, _ = recorder.failure[0]
+                name, _, module, args = recorder.failure[0][:4]
                 shapes = _listed(shapes_of(args))
                 where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
             raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
         return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads))
+
+
+def modules_by_name(model: nn.Module, resolver: Resolver) -> dict[str, nn.Module]:
+    """Every layer a capture of ``model`` names (a shared module under each of its names)."""
+    return {p.name: p.module for p in _plan(model, resolver)}

@@ -124,20 +124,31 @@ class Resolver:
 
     registry: Registry
     overrides: dict[type, Rule]
-    _cache: dict[type, Rule | None] = field(default_factory=dict)
+    _cache: dict[type, tuple[Rule | None, bool]] = field(default_factory=dict)
 
     def module_rule(self, module_type: type) -> Rule | None:
         """The rule of the most specific class in ``module_type``'s MRO that has one."""
+        return self.lookup(module_type)[0]
+
+    def lookup(self, module_type: type) -> tuple[Rule | None, bool]:
+        """``(rule, unproven)``: the rule of the most specific class in the MRO that has one, and
+        whether ``module_type`` (or a class between) overrides that class's ``forward``.
+
+        An unproven rule may not describe what the subclass computes (a LoRA ``Linear`` adding a
+        low-rank product, a norm applying an activation): the capture traces such a module's own
+        calls and uses the rule only if they come to the same FLOPs.
+        """
         try:
             return self._cache[module_type]
         except KeyError:
             pass
-        found = None
+        found: tuple[Rule | None, bool] = (None, False)
         for cls in module_type.__mro__:
             if cls is nn.Module:
                 break
-            found = self.overrides.get(cls) or self.registry.module_rules.get(cls)
-            if found is not None:
+            rule = self.overrides.get(cls) or self.registry.module_rules.get(cls)
+            if rule is not None:
+                found = (rule, getattr(module_type, "forward", None) is not getattr(cls, "forward", None))
                 break
         self._cache[module_type] = found
         return found

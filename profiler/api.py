@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hooks import REGISTRY, Rule, capture_forward, custom_rule
+from hooks.capture import modules_by_name
 from hooks.timing import time_modules
 from profiler.result import ProfileResult
 from profiler.tree import uncounted_summary
@@ -170,8 +171,9 @@ def profile(
         warnings.warn(message, UncountedWarning, stacklevel=2)
     times = None
     if measure_time:
-        named = dict(model.named_modules())
-        timed = [(named[info.name], info.name) for info in result.modules if not info.covered]
+        named = modules_by_name(model, resolver)
+        # reversed: a shared module is timed under its first name, which the dict keeps last
+        timed = [(named[info.name], info.name) for info in reversed(result.modules) if not info.covered]
         on_cuda = any(t.is_cuda for t in (*args, *forward_kwargs.values(), *model.parameters()) if isinstance(t, torch.Tensor))
         times = time_modules(model, call, timed, repeats=repeats, warmup=warmup, synchronize=on_cuda)
 

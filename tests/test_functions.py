@@ -432,23 +432,23 @@ def test_functional_and_module_linear_are_each_counted_once():
 
 
 class FancyLinear(nn.Linear):
-    """A subclass with a rule (through nn.Linear) whose forward calls torch functions."""
+    """A subclass of a ruled layer whose forward does more than the layer: a bias add and a tanh."""
 
     def forward(self, x):
         return torch.tanh(F.linear(x, self.weight) + self.bias)
 
 
-def test_module_with_rule_is_counted_once_by_its_rule():
+def test_subclass_that_does_more_is_traced_not_counted_by_its_base_rule():
     model = nn.Sequential(FancyLinear(8, 5))
     (x,) = randn((2, 3, 8))
 
     result = counted(model, (x,))
 
     layer = result.layer("0")
-    assert layer.status == "counted"
-    assert layer.functions == ()  # F.linear, add and tanh are not recorded again
-    assert layer.own == result.root.total
-    assert (result.total_macs, result.total_flops) == (2 * 3 * 5 * 8, 2 * (2 * 3 * 5 * 8))
+    assert layer.status == "traced"
+    assert [f.function for f in layer.functions] == ["torch.nn.functional.linear", "torch.Tensor.add", "torch.tanh"]
+    outputs = 2 * 3 * 5
+    assert (result.total_macs, result.total_flops) == (outputs * 8, 2 * outputs * 8 + outputs + outputs)
     assert result.matmul_flops == flop_counter_flops(model, (x,))
 
 
@@ -547,39 +547,56 @@ class Bessel(nn.Module):
         return torch.special.i0(x)
 
 
+class Spectrum(nn.Module):
+    def forward(self, x):
+        return torch.fft.rfft(x).abs()
+
+
 class UsesUnruled(nn.Module):
+    """torch.fft.rfft has no function rule; at the aten level it runs aten._fft_r2c, which has none either."""
+
     def __init__(self) -> None:
         super().__init__()
         self.proj = nn.Linear(4, 4)
-        self.bessel = Bessel()
+        self.spectrum = Spectrum()
 
     def forward(self, x):
-        x = torch.special.i0(self.proj(x))
-        return self.bessel(torch.special.i0(x))
+        x = torch.fft.rfft(self.proj(x)).abs()
+        return self.spectrum(torch.fft.rfft(x).abs())
 
 
-def test_float_function_without_rule_is_reported():
-    assert torch.special.i0 not in REGISTRY.function_rules, "torch.special.i0 got a rule: pick a function that has none"
+def test_operator_without_rule_is_reported_by_its_aten_name():
+    assert torch.fft.rfft not in REGISTRY.function_rules, "torch.fft.rfft got a rule: pick a function that has none"
     model = UsesUnruled()
     (x,) = randn((2, 4))
 
-    with pytest.warns(UncountedWarning, match=r"torch\.special\.i0 ×3"):
+    with pytest.warns(UncountedWarning, match=r"aten\._fft_r2c ×3"):
         result = profile(model, (x,))
 
     [entry] = result.uncounted
-    assert (entry.kind, entry.name, entry.calls) == ("function", "torch.special.i0", 3)
-    assert set(entry.layers) == {"", "bessel"}
-    [stat] = [f for f in result.root.functions if short_name(f.function) == "i0"]
+    assert (entry.kind, entry.name, entry.calls) == ("function", "aten._fft_r2c", 3)
+    assert set(entry.layers) == {"", "spectrum"}
+    [stat] = [f for f in result.root.functions if short_name(f.function) == "_fft_r2c"]
     assert (stat.calls, stat.status) == (2, "uncounted")
-    assert result.root.uncounted and result.layer("bessel").uncounted
+    assert result.root.uncounted and result.layer("spectrum").uncounted
     assert not result.layer("proj").uncounted
     assert result.total_macs == 2 * 4 * 4  # the Linear only
     table = result.table()
-    i0_row = next(line for line in table.splitlines() if "i0()" in line)
-    assert "uncounted" in i0_row
-    bessel_row = next(line for line in table.splitlines() if "bessel" in line)
-    assert "uncounted" in bessel_row
-    assert "torch.special.i0 ×3" in table
+    fft_row = next(line for line in table.splitlines() if "_fft_r2c()" in line)
+    assert "uncounted" in fft_row
+    spectrum_row = next(line for line in table.splitlines() if "spectrum" in line)
+    assert "uncounted" in spectrum_row
+    assert "aten._fft_r2c ×3" in table
+
+
+def test_function_without_rule_is_counted_by_its_aten_operators():
+    # torch.special.i0 has no function rule: it runs aten.i0, a pointwise operator, 1 FLOP per element
+    assert torch.special.i0 not in REGISTRY.function_rules
+    model = nn.Sequential(Bessel())
+    (x,) = randn((2, 4))
+    result = profile(model, (x,), strict=True)
+    assert (result.total_macs, result.total_flops) == (0, 2 * 4)
+    assert [f.function for f in result.layer("0").functions] == ["aten.i0"]
 
 
 def test_capture_without_the_function_mode_sees_modules_only():

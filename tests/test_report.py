@@ -127,7 +127,7 @@ class Net(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.blocks[0](x)
-        return torch.special.i0(self.head(x)).softmax(-1)
+        return torch.fft.fft(self.head(x)).real.softmax(-1)  # aten._fft_r2c has no rule
 
 
 @pytest.fixture(scope="module")

@@ -319,7 +319,10 @@ def test_shared_module_and_tied_parameter_count_once():
     ours = profile(model, (x,))
     thop_macs, thop_params = thop.profile(copy.deepcopy(model), inputs=(x,), verbose=False)
 
-    assert ours.layer("a.0").calls == 2
+    # each call goes to the parent that made it; the parameters stay with the first name
+    assert ours.layer("a.0").calls == ours.layer("b.0").calls == 1
+    assert ours.layer("a").total.macs == ours.layer("b").total.macs == call
+    assert (ours.layer("a.0").own_params, ours.layer("b.0").own_params) == (linear, 0)
     assert ours.total_macs == (2 + 1 + 1) * call  # the shared layer's two calls, enc, dec
     # (j) thop's model.apply reaches the shared layer once per parent and hooks it each time, so
     # each of its 2 calls counts twice; its nested dict then lists it under both parents
