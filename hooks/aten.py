@@ -50,6 +50,8 @@ _SAME_AS: dict[str, Callable] = {
     "max_pool2d_with_indices": F.max_pool2d,
     "max_pool3d_with_indices": F.max_pool3d,
     "native_dropout": F.dropout,
+    "_sparse_mm": torch.mm,
+    "_sparse_addmm": torch.addmm,
 }
 
 _OWNERS = (torch, F, torch.Tensor, torch.special, torch.linalg)

@@ -16,6 +16,7 @@ import gc
 import inspect
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 import contextlib
 from contextlib import contextmanager, nullcontext
@@ -211,8 +212,13 @@ def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
     """Facts read after the forward, when lazy modules have their parameters and final class."""
     owners: dict[int, tuple[int, int]] = {}  # each parameter's first module, by position: its size
     for position, p in enumerate(planned):
-        for tensor in _own_weights(p.module):
-            owners.setdefault(id(tensor), (position, tensor.numel()))
+        # _parameters is parameters(recurse=False) without a generator per module
+        for parameter in p.module._parameters.values():
+            if parameter is not None:
+                owners.setdefault(id(parameter), (position, parameter.numel()))
+        packed = _packed(p.module)
+        if packed is not None:
+            owners.setdefault(id(packed), (position, sum(t.numel() for t in p.module._weight_bias() if t is not None)))
     params = [0] * len(planned)
     for position, numel in owners.values():
         params[position] += numel
@@ -222,14 +228,15 @@ def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
     ])
 
 
-def _own_weights(module: nn.Module) -> list[torch.Tensor]:
-    """The parameters registered on ``module`` itself (``_parameters``: no generator per module),
-    and the packed weight and bias of a quantized layer, which are not ``Parameter``s."""
-    weights = [p for p in module._parameters.values() if p is not None]
-    packed = getattr(module, "_weight_bias", None)
-    if packed is not None and not weights and callable(packed):
-        weights.extend(t for t in packed() if isinstance(t, torch.Tensor))
-    return weights
+def _packed(module: nn.Module) -> object | None:
+    """The packed weights of a quantized layer (not ``Parameter``s), which ``_weight_bias()``
+    unpacks; a quantized Linear and its ``LinearPackedParams`` child share them."""
+    if not callable(getattr(module, "_weight_bias", None)):
+        return None
+    packed = getattr(module, "_packed_params", None)
+    while isinstance(packed, nn.Module):
+        packed = getattr(packed, "_packed_params", None)
+    return packed
 
 
 def _type_name(module: nn.Module) -> str:
@@ -245,6 +252,9 @@ def _has_sparse(values: tuple) -> bool:
         if isinstance(value, torch.Tensor) and value.layout != torch.strided:
             return True
     return False
+
+
+_PRODUCTS = frozenset({"matmul_counts", "addmm_counts"})  # the rules of mm, matmul, @, addmm and their aten ops
 
 
 def _sparse_matmul_counts(args: tuple, out: Any) -> Counts | None:
@@ -354,6 +364,12 @@ class _Recorder(TorchFunctionMode):
         if rule is None:
             if self.aten_on:
                 return func(*args, **kwargs)
+            if isinstance(func, torch._ops.HigherOrderOperator):  # no dispatch mode may see inside one
+                out = func(*args, **kwargs)
+                with torch._C.DisableTorchFunction():
+                    if _is_floating(out):
+                        self._count_call(frame, op_name(func), func, None, args, kwargs, out)
+                return out
             self._aten_push()  # a function no rule names: count the aten operators it runs
             try:
                 return func(*args, **kwargs)
@@ -392,7 +408,7 @@ class _Recorder(TorchFunctionMode):
         if rule is None:
             status = "uncounted"
         elif _has_sparse(args):  # rules read dense shapes: count a sparse product by its stored values
-            counts = _sparse_matmul_counts(args, out) if "matmul" in rule.name or "addmm" in rule.name else None
+            counts = _sparse_matmul_counts(args, out) if rule.name in _PRODUCTS else None
             if counts is None:
                 counts, status, name = ZERO, "uncounted", f"{name} (sparse)"
         else:
@@ -413,12 +429,13 @@ class _Recorder(TorchFunctionMode):
         )
 
     def _name_in_caller(self, names: tuple[str, ...]) -> str:
-        """Of a shared module's names, the one under the innermost running layer that holds it."""
+        """Of a shared module's names, the nearest one under the innermost running layer that
+        holds it (containers such as ``ModuleList`` hold without running); else the first."""
         for frame in reversed(self.stack):
             prefix = frame[0] + "." if frame[0] else ""
-            for name in names:
-                if name.startswith(prefix) and "." not in name[len(prefix):]:
-                    return name
+            under = [name for name in names if name.startswith(prefix)]
+            if under:
+                return min(under, key=lambda name: name.count("."))
         return names[0]
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
@@ -563,6 +580,9 @@ def _scaled(counts: Counts, n: int) -> Counts:
 
 
 _active = threading.local()  # the model a capture or timing pass is running, per thread
+
+# torch warns that global hooks fire once more for a compile wrapper; the capture ignores the wrapper
+warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks", category=UserWarning)
 
 
 def compiled_runs_eagerly() -> contextlib.AbstractContextManager:

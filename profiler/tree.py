@@ -155,7 +155,7 @@ def build_tree(
             depth=name.count(".") + 1 if name else 0,
             calls=len(calls),
             status=status,
-            rule=info.rule,
+            rule=info.rule or next((r.rule for r in calls if r.rule), None),  # a rule proven by the call
             input_shapes=calls[0].input_shapes if calls else (),
             output_shapes=calls[0].output_shapes if calls else (),
             own=own,

@@ -124,6 +124,7 @@ def assert_unchanged(model: nn.Module, before: dict, grad_enabled: bool = True) 
         assert after[part] == before[part], part
     assert _get_current_function_mode_stack() == []
     assert torch._C._len_torch_function_stack() == 0
+    assert torch._C._len_torch_dispatch_stack() == 0  # the aten-level counter is off again
     for name in GLOBAL_HOOK_DICTS:
         assert not getattr(module_globals, name), name
     assert torch.is_grad_enabled() is grad_enabled

@@ -216,6 +216,11 @@ LINEAR_CASES = [
         matmul(2 * 6 * 5 * (3 * 4 + 4)), id="bilinear-3d-no-bias",
     ),
     pytest.param(nn.Bilinear(3, 4, 5), [(3,), (4,)], matmul(5 * (3 * 4 + 4)), id="bilinear-unbatched"),
+    pytest.param(torch.ao.nn.quantized.dynamic.Linear(16, 8), [(4, 16)], matmul(4 * 8 * 16), id="quantized-dynamic-linear"),
+    pytest.param(
+        torch.ao.nn.quantized.Linear(16, 8), lambda: (torch.quantize_per_tensor(torch.randn(4, 16), 0.1, 0, torch.quint8),),
+        matmul(4 * 8 * 16), id="quantized-linear",
+    ),
 ]
 
 # --- norms. MACs (thop): 2 per element, x 2 when affine. FLOPs per element: 3 for the

@@ -9,6 +9,7 @@ FlopCounterMode counts them. The count does not depend on which kernel PyTorch p
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,7 +18,7 @@ from hooks.registry import function_rule, module_rule
 from hooks.rules.activation import softmax_flops
 from hooks.rules.common import arg
 
-__all__ = ["attention_counts", "mha_counts", "multihead_attention_counts", "sdpa_counts"]
+__all__ = ["attention_counts", "mha_counts", "multihead_attention_counts", "sdpa_counts", "flex_attention_counts"]
 
 
 def attention_counts(heads_x_queries: int, kv_len: int, qk_dim: int, v_dim: int) -> Counts:
@@ -82,3 +83,24 @@ def sdpa_counts(args: tuple, kwargs: dict, out) -> Counts:
     query, key, value = (arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
     rows = query.numel() // query.shape[-1]
     return attention_counts(rows, key.shape[-2], query.shape[-1], value.shape[-1])
+
+
+# CPU's fused SDPA kernel, seen at the aten level (a scripted model, an exported graph):
+# its arguments start (query, key, value) like the function's
+_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+if _CPU_SDPA is not None:
+    function_rule(_CPU_SDPA)(sdpa_counts)
+
+
+def flex_attention_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # flex_attention's operator (query, key, value, score_mod, block_mask, ...): as SDPA, the full
+    # L x S score matrix; what score_mod computes per score and the blocks a mask skips are not seen
+    query, key, value = args[0], args[1], args[2]
+    rows = query.numel() // query.shape[-1]
+    return attention_counts(rows, key.shape[-2], query.shape[-1], value.shape[-1])
+
+
+# torch.nn.attention.flex_attention calls this higher-order operator (torch >= 2.5)
+_FLEX = getattr(torch._higher_order_ops, "flex_attention", None)
+if isinstance(_FLEX, torch._ops.HigherOrderOperator):
+    function_rule(_FLEX)(flex_attention_counts)

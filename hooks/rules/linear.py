@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch.ao.nn.quantized as nnq
+import torch.ao.nn.quantized.dynamic as nnqd
 import torch.nn.functional as F
 from torch import nn
 
@@ -9,12 +11,18 @@ from hooks.counts import Counts
 from hooks.registry import function_rule, module_rule
 from hooks.rules.common import arg
 
-__all__ = ["linear_counts", "bilinear_counts", "linear_function_counts", "bilinear_function_counts"]
+__all__ = ["linear_counts", "quantized_linear_counts", "bilinear_counts", "linear_function_counts", "bilinear_function_counts"]
 
 
 @module_rule(nn.Linear)
 def linear_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     # [*, out] = linear([*, in]); weight [out, in]: in MACs per output element
+    return Counts.matmul(output.numel() * module.in_features)
+
+
+@module_rule(nnq.Linear, nnqd.Linear)
+def quantized_linear_counts(module: nn.Module, inputs: tuple, output) -> Counts:
+    # static and dynamic quantized Linear: [*, out] = linear([*, in]) on int8 weights, as Linear
     return Counts.matmul(output.numel() * module.in_features)
 
 

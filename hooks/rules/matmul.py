@@ -178,6 +178,16 @@ def _grouped_mm_counts(args: tuple, kwargs: dict, out) -> Counts:
     return Counts.matmul(out.numel() * a.shape[-1])
 
 
+def _scaled_mm_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # FP8 matmul: [m, n] = (mat1 [m, k] * scale_a) @ (mat2 [k, n] * scale_b); the scaling is
+    # folded into the kernel, as FlopCounterMode counts it
+    return Counts.matmul(out.numel() * args[0].shape[-1])
+
+
+_SCALED_MM = [f for f in (getattr(torch, "_scaled_mm", None), getattr(F, "scaled_mm", None)) if f is not None]
+if _SCALED_MM:
+    function_rule(*_SCALED_MM)(_scaled_mm_counts)
+
 _GROUPED_MM = [f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "grouped_mm", None)) if f is not None]
 if _GROUPED_MM:  # torch >= 2.8: Mixture-of-Experts layers multiply each expert's tokens at once
     function_rule(*_GROUPED_MM)(_grouped_mm_counts)
