@@ -58,9 +58,12 @@ _OWNERS = (torch, F, torch.Tensor, torch.special, torch.linalg)
 
 
 def op_name(op: Any) -> str:
-    """``aten.addmm``, ``mylib.myop``: an operator as users read it, without its overload."""
+    """``aten.addmm``, ``mylib.myop``, ``higher_order.cond``: an operator as users read it, without
+    its overload."""
+    if isinstance(op, torch._ops.HigherOrderOperator):
+        return f"higher_order.{op.name()}"
     packet = getattr(op, "overloadpacket", op)
-    return str(packet) if isinstance(packet, torch._ops.OpOverloadPacket) else getattr(op, "name", lambda: repr(op))()
+    return str(packet) if isinstance(packet, torch._ops.OpOverloadPacket) else repr(op)
 
 
 def _flop_counter_rule(op: torch._ops.OpOverload) -> Rule | None:

@@ -63,6 +63,8 @@ class Capture:
     records: tuple[Record, ...]
     other_threads: tuple[str, ...] = ()
     """Names of the model's layers called from other threads meanwhile, once per call: not counted."""
+    notes: tuple[str, ...] = ()
+    """What the capture did about wrapped, compiled, scripted or exported modules, a line each."""
 
 
 class RuleError(RuntimeError):
@@ -180,32 +182,43 @@ def _how(module: nn.Module, resolver: Resolver) -> tuple[Rule | None, int]:
     return rule, _UNPROVEN if unproven else _RULED
 
 
-def _plan(model: nn.Module, resolver: Resolver) -> list[_Planned]:
+def _plan(model: nn.Module, resolver: Resolver, notes: list[str] | None = None) -> list[_Planned]:
     """The names and order of ``nn.Module.named_modules()``, each module with its rule; a module
     under a ruled ancestor is covered and gets no hooks. Without a generator per module: a third of
     the cost (a class's own override of ``named_modules()`` is not consulted). A module registered
     under several parents appears once per path, so each call can go to the parent that made it;
-    a ``torch.compile`` wrapper is replaced by the module it wraps, under the wrapper's name."""
-    model = _unwrapped(model)
-    rule, how = _how(model, resolver)
-    planned = [_Planned("", model, rule, False, how)]
-    _visit(model, "", how in (_RULED, _ATEN), resolver, planned, {model})
+    a ``torch.compile`` wrapper is replaced by the module it wraps, under the wrapper's name.
+    ``notes`` gets a line for each wrapper or TorchScript module met, for ``verbose``."""
+    planned: list[_Planned] = []
+    _add(model, "", False, resolver, planned, set(), notes)
     return planned
 
 
-def _visit(module: nn.Module, prefix: str, covered: bool, resolver: Resolver, planned: list, path: set) -> None:
+def _add(module: nn.Module, name: str, covered: bool, resolver: Resolver, planned: list, path: set,
+         notes: list[str] | None) -> None:
+    unwrapped = _unwrapped(module)
+    if unwrapped is not module and notes is not None:
+        notes.append(f"{_layer(name)} is a torch.compile wrapper: the module it wraps ran eagerly and was counted")
+    module = unwrapped
+    rule, how = (None, _TRACED) if covered else _how(module, resolver)
+    planned.append(_Planned(name, module, rule, covered, how))
+    if notes is not None and not covered:
+        if how == _ATEN:
+            notes.append(f"{_layer(name)} is TorchScript (scripted or traced): counted by the aten operators it ran")
+        elif isinstance(module, torch.fx.GraphModule):
+            notes.append(f"{_layer(name)} is a GraphModule (torch.export, torch.fx): its torch.ops calls were "
+                         "counted at the aten level, and eval mode set on each module's flag (it refuses eval())")
+    if module._modules:
+        path.add(module)
+        _visit(module, name + "." if name else "", covered or how in (_RULED, _ATEN), resolver, planned, path, notes)
+        path.discard(module)
+
+
+def _visit(module: nn.Module, prefix: str, covered: bool, resolver: Resolver, planned: list, path: set,
+           notes: list[str] | None) -> None:
     for name, child in module._modules.items():
-        if child is None:
-            continue
-        child = _unwrapped(child)
-        if child in path:  # a module holding one of its ancestors: a cycle, walked once
-            continue
-        rule, how = (None, _TRACED) if covered else _how(child, resolver)
-        planned.append(_Planned(prefix + name, child, rule, covered, how))
-        if child._modules:
-            path.add(child)
-            _visit(child, prefix + name + ".", covered or how in (_RULED, _ATEN), resolver, planned, path)
-            path.discard(child)
+        if child is not None and _unwrapped(child) not in path:  # a module holding an ancestor: a cycle, walked once
+            _add(child, prefix + name, covered, resolver, planned, path, notes)
 
 
 def _module_infos(planned: list[_Planned]) -> tuple[ModuleInfo, ...]:
@@ -589,11 +602,11 @@ def compiled_runs_eagerly() -> contextlib.AbstractContextManager:
     """``torch.compiler.set_stance("force_eager")``, where compiled code can run: a compiled model
     or function runs its Python, which the hooks and modes see; tracing it under them would fail.
 
-    Only when Dynamo is loaded (nothing can have been compiled otherwise) or flex_attention is,
-    which compiles on its first call; loading Dynamo costs a second.
+    Only when Dynamo is loaded: nothing can have been compiled otherwise, and loading it costs a
+    second (see :func:`capture_forward` for a forward that loads it).
     """
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
-    if set_stance is None or not any(m in sys.modules for m in ("torch._dynamo", "torch.nn.attention.flex_attention")):
+    if set_stance is None or "torch._dynamo" not in sys.modules:
         return nullcontext()
     return set_stance("force_eager")
 
@@ -665,9 +678,24 @@ def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolve
     innermost layer that was running, with the original exception chained. ``functions=False``
     leaves the function mode out: torch functions called in ``forward`` bodies are not seen (the
     benchmark uses it to tell the hooks' cost from the mode's).
+
+    A forward that loads Dynamo as it runs (``torch.cond`` and ``flex_attention`` compile on their
+    first call) fails under the hooks, which Dynamo cannot trace; it runs once more, with
+    compiled code eager (:func:`compiled_runs_eagerly`).
     """
+    dynamo_loaded = "torch._dynamo" in sys.modules
+    try:
+        return _capture_once(model, call, resolver, functions)
+    except CaptureError:
+        if dynamo_loaded or "torch._dynamo" not in sys.modules:
+            raise
+    return _capture_once(model, call, resolver, functions)
+
+
+def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver, functions: bool) -> Capture:
     with gc_paused():
-        planned = _plan(model, resolver)
+        notes: list[str] = []
+        planned = _plan(model, resolver, notes)
         recorder = _Recorder(resolver.function_rules, planned)
         try:
             try:
@@ -688,7 +716,7 @@ def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolve
             raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
-        return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads))
+        return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes))
 
 
 def modules_by_name(model: nn.Module, resolver: Resolver) -> dict[str, nn.Module]:

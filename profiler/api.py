@@ -180,6 +180,8 @@ def profile(
     if verbose:
         for rule_name, types in _rules_used(result.modules).items():
             print(f"[INFO] {rule_name}() counts {', '.join(types)}")
+        for note in result.notes:
+            print(f"[INFO] {note}")
     if uncounted:
         listing = "; ".join(f"{u.name} ×{u.calls}" for u in uncounted)
         if report_missing:

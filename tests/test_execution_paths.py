@@ -3,6 +3,8 @@ vmapped, subclassed, shared, custom and sparse. The truth is the eager count or 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -363,3 +365,49 @@ def test_linear_fed_a_sparse_tensor_is_reported_not_counted_dense():
         profile(nn.Sequential(nn.Linear(64, 16)), (x,), strict=True)
     with pytest.warns(UncountedWarning):
         assert profile(nn.Sequential(nn.Linear(64, 16)), (x,)).total_macs == 0
+
+
+# --- what is reported ----------------------------------------------------------------------------------
+
+
+class Branches(nn.Module):
+    """torch.cond: a higher-order operator with no rule; its branches run inside it, unseen."""
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda t: t @ t, lambda t: t + 1, (x,))
+
+
+def test_higher_order_operator_without_rule_is_reported():
+    with pytest.raises(UncountedError, match=r"higher_order\.cond"):
+        profile(Branches(), (torch.rand(4, 4),), strict=True)
+
+
+def test_a_forward_that_loads_dynamo_is_run_again_eagerly():
+    # in a fresh process Dynamo is not loaded: flex_attention loads it and compiles under the hooks
+    code = (
+        "import sys, torch\n"
+        "from test_execution_paths import Flex\n"
+        "from profiler import profile\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "q, k = torch.rand(1, 2, 8, 4), torch.rand(1, 2, 8, 4)\n"
+        "print(profile(Flex(), (q, k, k)).matmul_flops)\n"
+    )
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
+                         cwd=tests, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) == 2 * 2 * (1 * 2 * 8 * 8 * 4)  # scores and weighted sum, as FLOPs
+
+
+def test_verbose_says_what_each_wrapper_did(capsys):
+    model = mlp()
+    model[0] = torch.jit.script(model[0])
+    model[2] = torch.compile(model[2])
+    profile(torch.compile(model), (X,), verbose=True)
+    out = capsys.readouterr().out
+    assert "the model is a torch.compile wrapper" in out
+    assert "layer '0' is TorchScript" in out
+    assert "layer '2' is a torch.compile wrapper" in out
+    exported = torch.export.export(mlp(), (X,)).module()
+    profile(exported, (X,), verbose=True)
+    assert "refuses eval()" in capsys.readouterr().out
