@@ -34,6 +34,18 @@ class SubLinear(nn.Linear):
     pass
 
 
+class LoRALinear(nn.Linear):
+    """A subclass whose forward does more than its base: a rank-4 update, loralib's pattern."""
+
+    def __init__(self, n_in: int, n_out: int, rank: int = 4) -> None:
+        super().__init__(n_in, n_out)
+        self.A = nn.Parameter(torch.rand(rank, n_in))
+        self.B = nn.Parameter(torch.rand(n_out, rank))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias) + x @ self.A.T @ self.B.T
+
+
 class MatmulInForward(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -101,6 +113,8 @@ CASES = [
                  2 * 8 * 8 * 8 * (13 * 2 + 5), 0, 0, 0, id="trilinear-upsample-zero"),
     pytest.param(nn.Sequential(SubLinear(64, 64)), torch.rand(8, 64),
                  8 * 64 * 64, 0, 64 * 64 + 64, 0, id="subclass-of-known-layer-zero"),
+    pytest.param(nn.Sequential(LoRALinear(64, 32)), torch.rand(8, 64),
+                 8 * 64 * 32 + 8 * 64 * 4 + 8 * 4 * 32, 0, 64 * 32 + 32 + 4 * 64 + 32 * 4, 0, id="lora-subclass-traced"),
     pytest.param(MatmulInForward(), torch.rand(8, 64), 8 * 64 * 64, 0, 64 * 64, 0, id="matmul-in-forward-zero"),
     pytest.param(SharedParents(), torch.rand(8, 64),
                  8 * 64 * 64, 4 * 8 * 64 * 64, 64 * 64 + 64, 2 * (64 * 64 + 64), id="shared-module-counted-per-parent"),
