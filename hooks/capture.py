@@ -400,6 +400,8 @@ class _Recorder(TorchFunctionMode):
         """An aten (or custom) operator ran with the aten counter on: count it in the innermost layer."""
         if self.suppress or not self.stack:
             return
+        frame = self.stack[-1]
+        frame[1] += 1
         with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
             if not _is_floating(out):
                 return
@@ -410,8 +412,6 @@ class _Recorder(TorchFunctionMode):
             if rule is not None and rule.free:
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
-            frame = self.stack[-1]
-            frame[1] += 1
             self._count_call(frame, name, op, rule, args, kwargs, out)
 
     def _count_call(self, frame: list, name: str, func: Any, rule: Rule | None, args: tuple, kwargs: dict, out: Any) -> None:
@@ -441,14 +441,22 @@ class _Recorder(TorchFunctionMode):
                    counts.macs, counts.flops, counts.matmul_flops, rule.name if status == "counted" else None)
         )
 
-    def _name_in_caller(self, names: tuple[str, ...]) -> str:
+    def _name_in_caller(self, module: nn.Module, names: tuple[str, ...]) -> str:
         """Of a shared module's names, the nearest one under the innermost running layer that
-        holds it (containers such as ``ModuleList`` hold without running); else the first."""
+        holds it (containers such as ``ModuleList`` hold without running). A layer holding it
+        under several names (``Sequential(shared, act, shared)``) gets them in turn, call by call."""
         for frame in reversed(self.stack):
             prefix = frame[0] + "." if frame[0] else ""
             under = [name for name in names if name.startswith(prefix)]
             if under:
-                return min(under, key=lambda name: name.count("."))
+                depth = min(name.count(".") for name in under)
+                nearest = [name for name in under if name.count(".") == depth]
+                if len(nearest) == 1:
+                    return nearest[0]
+                if len(frame) == 6:
+                    frame.append({})  # calls of each shared module this layer made
+                calls = frame[6][module] = frame[6].get(module, -1) + 1
+                return nearest[calls % len(nearest)]
         return names[0]
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
@@ -460,7 +468,7 @@ class _Recorder(TorchFunctionMode):
             return
         name, rule, _, how, names = entry
         if names is not None:
-            name = self._name_in_caller(names)
+            name = self._name_in_caller(module, names)
         if how != _RULED:
             if not self.suppress:  # else inside a ruled module, whose rule counts this call
                 self.stack.append([name, 0, module, args, how, len(self.records)])

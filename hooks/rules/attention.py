@@ -85,11 +85,17 @@ def sdpa_counts(args: tuple, kwargs: dict, out) -> Counts:
     return attention_counts(rows, key.shape[-2], query.shape[-1], value.shape[-1])
 
 
-# CPU's fused SDPA kernel, seen at the aten level (a scripted model, an exported graph):
-# its arguments start (query, key, value) like the function's
-_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-if _CPU_SDPA is not None:
-    function_rule(_CPU_SDPA)(sdpa_counts)
+# SDPA's fused kernels, seen at the aten level (a scripted model, an exported graph): their
+# arguments start (query, key, value) in SDPA's [*, H, L, E] layout, so they count as the function
+_SDPA_KERNELS = [
+    getattr(torch.ops.aten, name) for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_fused_attention_overrideable",
+    ) if hasattr(torch.ops.aten, name)
+]
+if _SDPA_KERNELS:
+    function_rule(*_SDPA_KERNELS)(sdpa_counts)
 
 
 def flex_attention_counts(args: tuple, kwargs: dict, out) -> Counts:
