@@ -43,14 +43,15 @@ def rmatmul_counts(args: tuple, kwargs: dict, out) -> Counts:
     return Counts.matmul(out.numel() * args[1].shape[-1])
 
 
-@function_rule(torch.addmm, torch.Tensor.addmm, torch.baddbmm, torch.Tensor.baddbmm,
-               torch.addmv, torch.Tensor.addmv)
+@function_rule(torch.addmm, torch.Tensor.addmm, torch.Tensor.addmm_, torch.baddbmm, torch.Tensor.baddbmm,
+               torch.Tensor.baddbmm_, torch.addmv, torch.Tensor.addmv, torch.Tensor.addmv_, torch.addmv_)
 def addmm_counts(args: tuple, kwargs: dict, out) -> Counts:
-    # out = beta * input + alpha * (m1 @ m2); m1 [*, m, k]
-    return Counts.matmul(out.numel() * arg(args, kwargs, 1, "mat1").shape[-1])
+    # out = beta * input + alpha * (m1 @ m2); m1 [*, m, k] is addmm's mat1, baddbmm's batch1 or
+    # addmv's mat: the capture has moved it to position 1 however it was passed
+    return Counts.matmul(out.numel() * args[1].shape[-1])
 
 
-@function_rule(torch.addbmm, torch.Tensor.addbmm)
+@function_rule(torch.addbmm, torch.Tensor.addbmm, torch.Tensor.addbmm_)
 def addbmm_counts(args: tuple, kwargs: dict, out) -> Counts:
     # [m, n] = input + sum_b batch1[b] @ batch2[b]; batch1 [b, m, k], batch2 [b, k, n]
     batch1 = arg(args, kwargs, 1, "batch1")
@@ -157,7 +158,7 @@ def outer_counts(args: tuple, kwargs: dict, out) -> Counts:
     return Counts.elementwise(flops=out.numel())
 
 
-@function_rule(torch.addr, torch.Tensor.addr)
+@function_rule(torch.addr, torch.Tensor.addr, torch.Tensor.addr_)
 def addr_counts(args: tuple, kwargs: dict, out) -> Counts:
     # beta * input + alpha * outer(vec1, vec2): a product and a sum per output element
     return Counts.elementwise(flops=2 * out.numel())
@@ -184,7 +185,9 @@ def _scaled_mm_counts(args: tuple, kwargs: dict, out) -> Counts:
     return Counts.matmul(out.numel() * args[0].shape[-1])
 
 
-_SCALED_MM = [f for f in (getattr(torch, "_scaled_mm", None), getattr(F, "scaled_mm", None)) if f is not None]
+# F.scaled_mm is plain Python (no __torch_function__): what runs is torch._scaled_mm_v2(mat_a, mat_b, ...)
+_SCALED_MM = [f for f in (getattr(torch, "_scaled_mm", None), getattr(F, "scaled_mm", None),
+                          getattr(torch, "_scaled_mm_v2", None)) if f is not None]
 if _SCALED_MM:
     function_rule(*_SCALED_MM)(_scaled_mm_counts)
 
