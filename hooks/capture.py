@@ -28,14 +28,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from hooks.aten import AtenCounter, aten_rule, op_name
-from hooks.counts import ZERO, Counts
+from hooks.counts import ZERO, Counts, checked
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 from hooks.rules.common import positional
 
 __all__ = [
     "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
-    "gc_paused", "modules_by_name", "shapes_of",
+    "forward_error", "gc_paused", "modules_by_name", "shapes_of",
 ]
 
 
@@ -65,6 +65,8 @@ class Capture:
     """Names of the model's layers called from other threads meanwhile, once per call: not counted."""
     notes: tuple[str, ...] = ()
     """What the capture did about wrapped, compiled, scripted or exported modules, a line each."""
+    ran_nothing: bool = False
+    """The model's forward ran no layer and no torch function (it returned a generator, or early)."""
 
 
 class RuleError(RuntimeError):
@@ -322,6 +324,7 @@ class _Recorder(TorchFunctionMode):
         self.failure: tuple[list, BaseException] | None = None  # (frame, exception) where the forward raised
         self.rule_error: RuleError | None = None
         self.other_threads: list[str] = []  # layers called from other threads meanwhile
+        self.ran_nothing = False
         # name, rule, is a leaf, how it is counted, every name when it has several; covered modules left out
         self.plan: dict[nn.Module, tuple[str, Rule | None, bool, int, tuple[str, ...] | None]] = {}
         for p in planned:
@@ -428,7 +431,7 @@ class _Recorder(TorchFunctionMode):
             if kwargs:
                 args, kwargs = positional(func, args, kwargs)
             try:
-                counts = rule.fn(args, kwargs, out)
+                counts = checked(rule.fn(args, kwargs, out))
             except Exception as exc:
                 raise self._rule_error(
                     f"rule {rule.name} failed on {name} in {_layer(frame[0])} with input "
@@ -506,6 +509,8 @@ class _Recorder(TorchFunctionMode):
             with torch._C.DisableTorchFunction():  # the mode is on: keep this hook's calls out of it
                 if how == _UNPROVEN and self._proven(frame, rule, kwargs, output):
                     return
+                if not self.stack and frame[1] == 0 and len(self.records) == frame[5] and not leaf:
+                    self.ran_nothing = True  # the outermost layer called nothing at all
                 status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
                 self.records.append(_new_record((name, _type_name(module), None, status,
                                                  _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None)))
@@ -575,17 +580,12 @@ class _Recorder(TorchFunctionMode):
 
     def _apply(self, rule: Rule, module: nn.Module, name: str, inputs: tuple, output: Any) -> Counts:
         try:
-            counts = rule.fn(module, inputs, output)
+            counts = checked(rule.fn(module, inputs, output))
         except Exception as exc:
             raise self._rule_error(
                 f"rule {rule.name} failed on {_layer(name)} ({type(module).__name__}) with input shapes "
                 f"{_listed(shapes_of(inputs))}: {exc}"
             ) from exc
-        if not isinstance(counts, Counts):
-            raise self._rule_error(
-                f"rule {rule.name} returned {type(counts).__name__} on {_layer(name)} "
-                f"({type(module).__name__}); a rule returns Counts"
-            )
         if torch._C._functorch.peek_interpreter_stack() is not None:
             counts = _scaled(counts, _vmap_size(output))
         return counts
@@ -653,7 +653,7 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
             "profile() was called while another profile() runs in this thread (from inside a forward?); "
             "nested profiling is not supported: profile the inner model on its own"
         )
-    modes = [(module, module.training) for module in (model.modules() if modules is None else modules)]
+    held = list({id(m): m for m in (model.modules() if modules is None else modules)}.values())
     handles = []
     _active.model = model
     try:
@@ -662,9 +662,7 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         if post_hook is not None:
             handles.append(nn.modules.module.register_module_forward_hook(
                 post_hook, with_kwargs=with_kwargs, always_call=always_call))
-        for module, training in modes:
-            if training:  # the flag itself, not eval(): exported modules refuse eval()
-                module.training = False
+        _hold_in_eval(held)
         with torch.no_grad(), compiled_runs_eagerly():
             yield
     finally:
@@ -673,9 +671,41 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
             handle.remove()
             # torch's handle forgets this flag when the hook goes (torch 2.14)
             nn.modules.module._global_forward_hooks_with_kwargs.pop(handle.id, None)
-        for module, training in modes:
-            if module.training != training:
-                module.training = training
+        _release(held)
+
+
+# module id -> [module, its own training flag, profiles holding it in eval mode]. Two threads may
+# profile one model at once: the first saves the flags, the last restores them.
+_held: dict[int, list] = {}
+_held_lock = threading.Lock()
+
+
+def _hold_in_eval(modules: list[nn.Module]) -> None:
+    """Save each module's ``training`` flag unless another profile holds it, then set it False:
+    the flag itself, not ``eval()``, which exported modules refuse."""
+    with _held_lock:
+        for module in modules:
+            entry = _held.get(id(module))
+            if entry is None:
+                _held[id(module)] = [module, module.training, 1]
+            else:
+                entry[2] += 1
+            if module.training:
+                module.training = False
+
+
+def _release(modules: list[nn.Module]) -> None:
+    """The last profile holding a module restores its own ``training`` flag."""
+    with _held_lock:
+        for module in modules:
+            entry = _held.get(id(module))
+            if entry is None:  # not held: the body never ran
+                continue
+            entry[2] -= 1
+            if not entry[2]:
+                del _held[id(module)]
+                if module.training != entry[1]:
+                    module.training = entry[1]
 
 
 def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolver, *, functions: bool = True) -> Capture:
@@ -716,15 +746,22 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
         except RuleError:
             raise
         except Exception as exc:
-            where = ""
-            if recorder.failure is not None and recorder.failure[1] is exc:  # not one a layer caught
-                name, _, module, args = recorder.failure[0][:4]
-                shapes = _listed(shapes_of(args))
-                where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {shapes}"
-            raise CaptureError(f"the model's forward raised {type(exc).__name__}{where}: {exc}") from exc
+            failed = recorder.failure[0][:4] if recorder.failure is not None and recorder.failure[1] is exc else None
+            raise forward_error(exc, failed) from exc  # failed is None for an error a layer caught
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
-        return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes))
+        return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes),
+                       recorder.ran_nothing)
+
+
+def forward_error(exc: BaseException, failed: tuple | None, during: str = "") -> CaptureError:
+    """The error for a forward that raised ``exc``: ``failed`` is ``(name, _, module, args)`` of the
+    innermost layer that was running, if known; ``during`` says which pass it was."""
+    where = ""
+    if failed is not None:
+        name, _, module, args = failed
+        where = f" while running {_layer(name)} ({type(module).__name__}) with input shapes {_listed(shapes_of(args))}"
+    return CaptureError(f"the model's forward raised {type(exc).__name__}{during}{where}: {exc}")
 
 
 def modules_by_name(model: nn.Module, resolver: Resolver) -> dict[str, nn.Module]:

@@ -12,9 +12,11 @@ Conventions (the README's table lists them per module type and function):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from numbers import Integral, Real
+from typing import Any, NamedTuple
 
-__all__ = ["Counts", "ZERO"]
+__all__ = ["Counts", "ZERO", "checked", "count_value"]
 
 
 class Counts(NamedTuple):
@@ -55,3 +57,33 @@ class Counts(NamedTuple):
 
 
 ZERO = Counts()
+
+
+def count_value(value: Any, field: str) -> int:
+    """One count as a Python int: any integer (numpy's too) >= 0, or a float with an integral
+    value; anything else raises ValueError (or TypeError) saying what it was."""
+    if type(value) is int and value >= 0:  # what built-in rules return: the fast path
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{field} is {value!r} ({type(value).__name__}), not a number")
+    if not isinstance(value, Integral):
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{field} is {value!r}, not a whole number")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{field} is {value}, below 0")
+    return value
+
+
+def checked(counts: Any) -> Counts:
+    """``counts`` as :class:`Counts` of non-negative ints with ``flops >= matmul_flops``, or
+    ValueError/TypeError naming the bad value: every rule's result goes through here."""
+    if not isinstance(counts, Counts):
+        raise TypeError(f"it returned {type(counts).__name__}; a rule returns Counts")
+    macs, flops, matmul_flops = counts
+    if type(macs) is not int or type(flops) is not int or type(matmul_flops) is not int or macs < 0 or matmul_flops < 0:
+        macs, flops, matmul_flops = (count_value(v, f) for v, f in zip(counts, Counts._fields))
+        counts = tuple.__new__(Counts, (macs, flops, matmul_flops))
+    if flops < matmul_flops:
+        raise ValueError(f"flops {flops} are fewer than matmul_flops {matmul_flops}, which they include")
+    return counts

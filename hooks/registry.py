@@ -9,7 +9,6 @@ it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hooks.counts import ZERO, Counts
+from hooks.counts import ZERO, Counts, count_value
 
 __all__ = [
     "Rule",
@@ -196,25 +195,31 @@ def custom_rule(fn: Callable) -> Rule:
         returned = fn(stand_in, inputs, output)
         if returned is None:
             returned = object.__getattribute__(stand_in, "total_ops")
-        return as_counts(returned, f"rule {name}")
+        return as_counts(returned, "the rule")
 
     return Rule(name=name, fn=run)
 
 
 def as_counts(value: Any, source: str) -> Counts:
-    """Turn what a custom rule returned into :class:`Counts`, or raise naming ``source``."""
+    """Turn what a custom rule returned into :class:`Counts`, or raise naming ``source``.
+
+    A number is MACs of matmul-like work (any integer, numpy's too, or a float with an integral
+    value); a one-element tensor is read as that number. The capture checks the result again.
+    """
     if isinstance(value, Counts):
         return value
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    try:
+        macs = count_value(value, "MACs")
+    except TypeError:
         raise TypeError(
             f"{source} returned {type(value).__name__}; expected Counts, a number of MACs, "
             "or None after adding to module.total_ops"
-        )
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{source} returned {value!r}; MACs must be a finite number >= 0")
-    return Counts.matmul(round(value)) if value else ZERO
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{source} returned {value!r}: {exc}") from None
+    return Counts.matmul(macs) if macs else ZERO
 
 
 def _function_name(f: Callable) -> str:

@@ -162,10 +162,18 @@ def profile(
     if strict and uncounted:
         listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
         raise UncountedError(f"strict=True and these ran without a rule: {listing}")
+    if result.ran_nothing:
+        message = ("the forward ran no layer and no torch function: nothing was counted "
+                   "(does forward return a generator, or return before calling anything?)")
+        if strict:
+            raise UncountedError(f"strict=True and {message}")
+        warnings.warn(message, UncountedWarning, stacklevel=2)
     if result.other_threads:
         listing = ", ".join(f"'{name}' ×{calls}" for name, calls in Counter(result.other_threads).items())
         message = (f"layers called from other threads while profiling were not counted: {listing}; "
-                   "only the calling thread's work is counted")
+                   "only the calling thread's work is counted, and those calls ran with the model in eval mode "
+                   "(training flags are shared by all threads: Dropout was off, and BatchNorm normalised with its "
+                   "running statistics and did not update them)")
         if strict:
             raise UncountedError(f"strict=True and {message}")
         warnings.warn(message, UncountedWarning, stacklevel=2)
