@@ -170,8 +170,9 @@ _ATEN = 3  # a scripted or traced module (TorchScript runs no Python): its aten 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
     """The module a ``torch.compile`` wrapper (``OptimizedModule``) stands for; others as they are."""
-    if "torch._dynamo" in sys.modules and type(module).__name__ == "OptimizedModule":
-        return getattr(module, "_orig_mod", module)
+    dynamo = sys.modules.get("torch._dynamo")  # not loaded: nothing can have been compiled
+    if dynamo is not None and isinstance(module, dynamo.eval_frame.OptimizedModule):
+        return module._orig_mod
     return module
 
 
