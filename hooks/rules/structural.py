@@ -84,6 +84,8 @@ free_functions(
         "shape", "dtype", "device", "ndim", "is_cuda", "is_meta", "is_sparse", "layout", "requires_grad", "grad",
         "names", "is_quantized",
     ) if hasattr(getattr(torch.Tensor, name, None), "__get__")),
+    # printing and converting a tensor: formatting reads values, it is not the model's arithmetic
+    torch.Tensor.__repr__, torch.Tensor.__str__, torch.Tensor.__format__, torch.Tensor.numpy, torch.Tensor.__array__,
     torch.Tensor.__len__, torch.Tensor.__bool__, torch.Tensor.__eq__, torch.Tensor.__ne__, torch.Tensor.__lt__,
     torch.Tensor.__le__, torch.Tensor.__gt__, torch.Tensor.__ge__, torch.Tensor.__invert__,
     torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.T.__get__, torch.Tensor.mT.__get__,
