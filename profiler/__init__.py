@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
 from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
 from profiler.result import ProfileResult
 from profiler.tree import Layer
 from profiler.units import clever_format
+
+try:
+    __version__ = version("hookprof")  # pyproject.toml's version, the one source of truth
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CaptureError",

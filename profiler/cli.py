@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import importlib
 import importlib.util
+import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from profiler import __version__
 from profiler.api import profile
 from profiler.render import COLUMNS, DEFAULT_COLUMNS, SORT_KEYS, TableOptions
 from profiler.units import UNITS
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("model", help="MODULE:ATTR naming a model class, a builder function or a module "
                         "instance, e.g. torchvision.models:resnet50; MODULE may be a path to a .py file")
     parser.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
@@ -107,12 +112,29 @@ def load_object(spec: str) -> Any:
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    obj = module
-    for part in attr.split("."):
+    except SystemExit as exc:
+        raise UsageError(f"importing {module_name} called sys.exit({exc.code!r})") from exc
+    obj, owner = module, module_name
+    parts = attr.split(".")
+    for i, part in enumerate(parts):
         if not hasattr(obj, part):
-            raise UsageError(f"{module_name!r} has no attribute {attr!r}")
+            raise UsageError(f"{owner!r} has no attribute {part!r}{_suggestion(obj, part, last=i == len(parts) - 1)}")
         obj = getattr(obj, part)
+        owner = f"{module_name}:{'.'.join(parts[:i + 1])}"
     return obj
+
+
+def _suggestion(obj: Any, name: str, last: bool) -> str:
+    """``"; did you mean 'resnet50'?"`` for the public attributes of ``obj`` closest to ``name``, or ``""``."""
+    # A model or config is never a module, so the last name skips submodules ('resnet' for 'resnet5O');
+    # getattr_static, because getattr would import every lazy submodule of a package like transformers.
+    names = [n for n in dir(obj) if not n.startswith("_")
+             and not (last and isinstance(inspect.getattr_static(obj, n, None), ModuleType))]
+    close = [repr(n) for n in difflib.get_close_matches(name, names)]
+    if not close:
+        return ""
+    listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+    return f"; did you mean {listed}?"
 
 
 def _value(text: str) -> Any:
@@ -182,6 +204,9 @@ def run(argv: Sequence[str] | None = None) -> str:
     dtype = _dtype(args.input_dtype)
     if args.repeats is not None and not args.measure_time:
         raise UsageError("--repeats goes with --measure-time")
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats} must be at least 1")
+    timing = {} if args.repeats is None else {"repeats": args.repeats}
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
     table_flags = [flag for flag, value in (("--depth", args.depth), ("--columns", args.columns), ("--sort", args.sort),
                                             ("--top", args.top)) if value is not None]
@@ -202,8 +227,7 @@ def run(argv: Sequence[str] | None = None) -> str:
         raise UsageError(f"building {args.model} failed: {type(exc).__name__}: {exc}") from exc
     input_size = sizes if len(sizes) > 1 else sizes[0]
     try:
-        result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time,
-                         repeats=args.repeats or 5)
+        result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time, **timing)
         table_options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
         if args.format == "json":
             data = result.to_dict()
@@ -247,7 +271,12 @@ def _comparison_dict(model: nn.Module, input_size, dtype) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(run(argv))
+        sys.stdout.flush()
     except UsageError as exc:
         print(f"hookprof: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader left (``| head``). Point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.metadata
 import io
 import json
+import os
 import re
 import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +33,8 @@ from profiler.render import COLUMNS
 from test_report import HTMLTable, github_cells
 
 MODEL_FILE = "models/net.py"  # relative to the working directory, as a user would type it
+EXIT_FILE = "models/exits.py"  # calls sys.exit(EXIT_CODE) while being imported
+EXIT_CODE = 5
 
 MODEL_SOURCE = '''\
 import torch
@@ -89,6 +94,7 @@ def workdir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("cli")
     (directory / "models").mkdir()
     (directory / MODEL_FILE).write_text(MODEL_SOURCE)
+    (directory / EXIT_FILE).write_text(f"import sys\n\nsys.exit({EXIT_CODE})\n")
     return directory
 
 
@@ -125,6 +131,7 @@ SUBPROCESS_RUNS = {
                       *(f"{k}={v}" for k, v in GPT2_CONFIG.items()),
                       "--input-size", "1,16", "--input-dtype", "long", "--format", "json"],
     "help": [HOOKPROF or "hookprof", "--help"],
+    "version": MODULE + ["--version"],
 }
 
 # (id, arguments, a fragment the one-line error names)
@@ -138,6 +145,7 @@ BAD_INPUTS = [
     ("forward-fails", [f"{MODEL_FILE}:Net", "--input-size", "3,5"], "'a' (Linear)"),
     ("bad-arg", [f"{MODEL_FILE}:Net", "--input-size", "3,4", "--arg", "width"], "'width' is not KEY=VALUE"),
     ("unknown-column", [f"{MODEL_FILE}:Net", "--input-size", "3,4", "--columns", "layer,weights"], "'weights'"),
+    ("sys-exit-on-import", [f"{EXIT_FILE}:Net", "--input-size", "3,4"], f"{EXIT_FILE} called sys.exit({EXIT_CODE})"),
 ]
 SUBPROCESS_RUNS.update({f"bad-{name}": MODULE + args for name, args, _ in BAD_INPUTS})
 
@@ -172,6 +180,13 @@ def test_gpt2_from_config_json_equals_profile(finished):
     data = json.loads(run.stdout)
     assert without_times(data) == without_times(expected)
     assert data["totals"]["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_version(finished):
+    run = finished["version"]
+    assert run.returncode == 0
+    assert run.stdout == f"hookprof {importlib.metadata.version('hookprof')}\n"
+    assert run.stderr == ""  # nothing else on a first import, e.g. torch's "Failed to initialize NumPy"
 
 
 def test_console_script_help(finished):
@@ -302,9 +317,9 @@ def test_columns(in_workdir, capsys):
 def test_sort_and_top(in_workdir, capsys):
     header, rows = github_cells(cli_ok(SORT_TOP, capsys))
     assert len(rows) == 3 + 1
-    macs = [int(row[header.index("MACs (self)")].replace(",", "")) for row in rows[:-1]]
+    macs = [int(row[header.index(COLUMNS["macs"])].replace(",", "")) for row in rows[:-1]]
     assert macs == [3 * 4 * 16, 3 * 16 * 2, 0]
-    assert rows[-1][header.index("MACs (self)")] == f"{net_macs(16):,}"
+    assert rows[-1][header.index(COLUMNS["macs"])] == f"{net_macs(16):,}"
 
 
 def test_measure_time_and_repeats(in_workdir, capsys):
@@ -418,3 +433,47 @@ def test_argparse_errors_are_one_line(in_workdir, capsys):
     code, out, err = cli([*NET, "--sort", "latency"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [err.strip()] and err.startswith("hookprof: error:")
+
+
+@pytest.mark.parametrize("repeats", [0, -3])
+def test_repeats_below_one_is_refused(in_workdir, capsys, repeats):
+    code, out, err = cli([*NET, "--measure-time", "--repeats", str(repeats)], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"hookprof: error: --repeats {repeats} must be at least 1\n"
+
+
+@pytest.mark.parametrize(("module", "name"), [("torchvision.models", "resnet50"), (MODEL_FILE, "Net")],
+                         ids=["package", "file"])
+def test_misspelt_name_suggests_the_closest(in_workdir, capsys, module, name):
+    typo = name.replace("0", "O") if "0" in name else name + name[-1]
+    code, out, err = cli([f"{module}:{typo}", "--input-size", "3,4"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"hookprof: error: {module!r} has no attribute {typo!r}; did you mean {name!r}")
+    assert err.endswith("?\n") and err.count("\n") == 1
+
+
+DEEP_SOURCE = """\
+from torch import nn
+
+
+def deep(layers):
+    return nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
+"""
+DEEP_LAYERS = 1000  # a JSON export far larger than a pipe's buffer, so the writer is cut off mid-write
+
+
+def test_reader_leaving_early_is_quiet(in_workdir):
+    """``hookprof ... | head -1``, and a reader gone before the first byte: no traceback, nothing on stderr."""
+    (in_workdir / "models" / "deep.py").write_text(DEEP_SOURCE)
+    deep = [*MODULE, "models/deep.py:deep", "--arg", f"layers={DEEP_LAYERS}", "--input-size", "1,4", "--format", "json"]
+    head = subprocess.Popen(f"{shlex.join(deep)} | head -1", shell=True, cwd=in_workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    read, write = os.pipe()
+    os.close(read)
+    closed = subprocess.Popen([*MODULE, *NET], cwd=in_workdir, stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    out, head_err = head.communicate(timeout=300)
+    _, closed_err = closed.communicate(timeout=300)
+    assert (out, head_err) == (json.dumps({}, indent=2)[0] + "\n", "")
+    assert closed_err == ""
+    assert closed.returncode == 1  # as the Python documentation's recipe for SIGPIPE does
