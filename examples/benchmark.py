@@ -13,7 +13,7 @@ capture without the function mode adds (module hooks, records, rules, the walk o
 ``hooks`` that torch's dispatch to two global hooks that do nothing costs: the floor for any
 forward-hook profiler. ``modules`` and ``functions`` count the module calls and torch function
 calls per forward, which is what the parts pay for. The parts are differences of medians: on a
-noisy machine a small one can come out below zero.
+noisy machine a small one can come out below zero, and is shown as ``~0`` (the JSON keeps it).
 
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
@@ -267,20 +267,48 @@ def measure(name: str, repeats: int, warmup: int) -> dict:
     }
 
 
-def report(rows: list[dict]) -> str:
-    tools = [t for t in TOOLS if t != "plain"]
-    header = f"{'model':22s} {'forward':>9s} " + " ".join(f"{t:>15s}" for t in tools) + \
-        f" {'added':>9s} {'dispatch':>9s} {'hooks':>9s} {'mode':>9s} {'modules':>8s} {'functions':>9s}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['model']:22s} {r['plain_ms']:7.1f}ms " + " ".join(f"{r['ratios'][t]:14.2f}x" for t in tools)
-                     + f" {r['added_ms']:7.2f}ms {r['dispatch_ms']:7.2f}ms {r['hooks_ms']:7.2f}ms {r['mode_ms']:7.2f}ms"
-                     + f" {r['module_calls']:8d} {r['function_calls']:9d}")
-    lines.append("-" * len(header))
-    geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in rows)) for t in tools}
-    lines.append(f"{'geometric mean':22s} {'':9s} " + " ".join(f"{geo[t]:14.2f}x" for t in tools))
+WIDTH = 100
+"""Characters per printed line."""
+
+
+def format_ms(ms: float) -> str:
+    """Milliseconds added; a part measured below zero is a difference of two medians lost in the
+    noise, not a negative cost: "~0"."""
+    return f"{ms:.2f}ms" if ms >= 0 else "~0"
+
+
+def _table(header: list[str], rows: list[list[str]], footer: list[list[str]] = ()) -> list[str]:
+    """Columns as wide as their longest cell (full model names), the first left-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, *footer)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [line(header), rule, *map(line, rows)] + ([rule, *map(line, footer)] if footer else [])
+
+
+def worst_line(rows: list[dict], tools: list[str]) -> str:
+    """Each tool's highest ratio and the model, named in full, it was measured on."""
     worst = {t: max(rows, key=lambda r: r["ratios"][t]) for t in tools}
-    lines.append(f"{'worst':22s} {'':9s} " + " ".join(f"{worst[t]['ratios'][t]:9.2f}x {worst[t]['model'][:4]:>4s}" for t in tools))
+    parts = [f"{t} {worst[t]['ratios'][t]:.2f}x on {worst[t]['model']}" for t in tools]
+    line = "worst: " + "; ".join(parts)
+    return line if len(line) <= WIDTH else "worst: " + ("\n" + " " * len("worst: ")).join(parts)
+
+
+def report(rows: list[dict]) -> str:
+    """Two tables within ``WIDTH`` columns: each tool's cost as a ratio, then what ``profile`` adds."""
+    tools = [t for t in TOOLS if t != "plain"]
+    geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in rows)) for t in tools}
+    ratios = [[r["model"], f"{r['plain_ms']:.1f}ms", *(f"{r['ratios'][t]:.2f}x" for t in tools)] for r in rows]
+    lines = _table(["model", "forward", *tools], ratios, [["geometric mean", "", *(f"{geo[t]:.2f}x" for t in tools)]])
+    lines += [worst_line(rows, tools), ""]
+    parts = ("added_ms", "dispatch_ms", "hooks_ms", "mode_ms")
+    added = [[r["model"], *(format_ms(r[p]) for p in parts), str(r["module_calls"]), str(r["function_calls"])]
+             for r in rows]
+    lines += _table(["model", "added", "dispatch", "hooks", "mode", "modules", "functions"], added)
+    if any(r[p] < 0 for r in rows for p in parts):
+        lines.append("~0: measured below zero, a difference of medians within the timing noise")
     return "\n".join(lines)
 
 
@@ -309,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(name, repeats, warmup=1))
         print(f"measured {name}", file=sys.stderr)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-          f"torch {torch.__version__}; cost = profiling call / plain no-grad forward (median of {repeats})")
+          f"torch {torch.__version__}\ncost = profiling call / plain no-grad forward (median of {repeats})")
     print(report(rows))
     with open(args.json, "w") as f:
         json.dump({"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)

@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import textwrap
+
 import torchvision
 
 from profiler import clever_format, profile
@@ -20,7 +24,10 @@ def main() -> None:
     print("The ten layers doing the most work themselves:")
     print(result.table(sort_by="macs", top=10, columns=("layer", "type", "output_shape", "macs", "macs_pct")))
     csv_text = result.to_csv()
-    print(f"\nto_csv(): {len(csv_text.splitlines()) - 1} layers, first row:\n{csv_text.splitlines()[1]}")
+    first = next(csv.DictReader(io.StringIO(csv_text)))
+    print(f"\nto_csv(): {len(csv_text.splitlines()) - 1} layers, first row:")
+    print(textwrap.fill(", ".join(f"{k}={v}" for k, v in first.items()), 100, initial_indent="  ",
+                        subsequent_indent="  ", break_on_hyphens=False))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tabulate import tabulate
 from torch import nn
 
 from hooks import REGISTRY
 from profiler.api import forward_arguments, profile
+from profiler.render import printable, tabulate_text
 from profiler.tree import Layer, walk
 from profiler.units import format_count
 
@@ -56,8 +56,8 @@ class Comparison:
         """The differing layers (every layer with ``all_layers=True``) and the totals."""
         shown = self.rows if all_layers else self.differences
         body = [
-            [r.name or "(model)", r.type, format_count(r.ours, units), format_count(r.thop, units),
-             format_count(r.difference, units), r.reason]
+            [printable(r.name) or "(model)", printable(r.type), format_count(r.ours, units), format_count(r.thop, units),
+             format_count(r.difference, units), printable(r.reason)]
             for r in shown
         ]
         body.append(["Total MACs", "", format_count(self.macs, units), format_count(self.thop_macs, units),
@@ -65,9 +65,8 @@ class Comparison:
         body.append(["Total params", "", format_count(self.params, units), format_count(self.thop_params, units),
                      format_count(self.params - self.thop_params, units),
                      "thop counts the parameters of layers it has a rule for" if self.params != self.thop_params else ""])
-        return tabulate(body, headers=["Layer", "Type", "hookprof MACs", "thop MACs", "Difference", "Reason"],
-                        tablefmt=tablefmt, colalign=("left", "left", "right", "right", "right", "left"),
-                        disable_numparse=True)
+        return tabulate_text(body, ["Layer", "Type", "hookprof MACs", "thop MACs", "Difference", "Reason"],
+                             ("left", "left", "right", "right", "right", "left"), tablefmt)
 
     def __repr__(self) -> str:
         return (f"Comparison(macs={self.macs:,}, thop_macs={self.thop_macs:,}, "

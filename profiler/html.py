@@ -1,11 +1,27 @@
-"""The notebook view: the same rows as the text table, as one self-contained HTML table."""
+"""The notebook view: the same rows as the text table, as one self-contained HTML table.
+
+Every piece of text from the model (names, types, notes) is escaped; numbers and the bars' widths
+are the only markup built from data.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
 
-from profiler.render import NUMERIC, TableOptions, cell, headers, select_rows, total_row
+from profiler.render import (
+    NUMERIC,
+    TableOptions,
+    cell,
+    display_name,
+    headers,
+    notes,
+    printable,
+    resolve_depth,
+    scope,
+    select_rows,
+    total_row,
+)
 from profiler.tree import Layer, Uncounted
 
 __all__ = ["html_table"]
@@ -26,35 +42,46 @@ def _bar(share: float) -> str:
     return f'<span class="bar" style="width: {width:.1f}px"></span> {100 * share:.1f}%'
 
 
+def _shapes_title(shapes: Sequence[tuple[int, ...]]) -> str:
+    """Every output shape, for the tooltip of a cell that shows only the first."""
+    return ", ".join(str(list(s)) for s in shapes)
+
+
 def html_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions) -> str:
-    """The table as HTML: indented layer tree, a share bar for MACs %, totals and uncounted work."""
+    """The table as HTML: indented layer tree, a share bar for MACs %, totals, notes and uncounted work."""
     options.validate(timed=root.time is not None)
+    options, deeper = resolve_depth(root, options)
+    top = scope(root, options)
     columns = options.columns
     head = "".join(
         f'<th class="{"num" if c in NUMERIC else "text"}">{escape(h)}</th>' for c, h in zip(columns, headers(options))
     )
     lines = [_STYLE, '<table class="hookprof">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
-    body = [(row, "") for row in select_rows(root, options)] + [(total_row(root), "total")]
+    body = [(row, "") for row in select_rows(root, options)] + [(total_row(top), "total")]
     for row, css in body:
         tds = []
         for c in columns:
+            title = ""
             if css == "total" and c in ("type", "input_shape", "output_shape", "calls"):
                 text = ""
             elif c == "layer":
-                text = escape(cell(row, c, root, options.units).removeprefix(row.prefix))
-                indent = 0 if options.sort_by else row.depth
+                text = escape(cell(row, c, top, options.units).removeprefix(row.prefix))
+                indent = 0 if options.sort_by or css == "total" else row.depth - top.depth
                 text = f'<span style="padding-left: {1.2 * indent:.1f}em">{text}</span>'
-            elif c == "macs_pct" and not row.uncounted and root.total.macs:
-                text = _bar(row.counts.macs / root.total.macs)
+            elif c == "macs_pct" and not row.uncounted and top.total.macs:
+                text = _bar(row.counts.macs / top.total.macs)
             else:
-                text = escape(cell(row, c, root, options.units))
-            tds.append(f'<td class="{"num" if c in NUMERIC else "text"}">{text}</td>')
+                text = escape(cell(row, c, top, options.units))
+                if c == "output_shape" and len(row.output_shapes) > 1:
+                    title = f' title="{escape(_shapes_title(row.output_shapes))}"'
+            tds.append(f'<td class="{"num" if c in NUMERIC else "text"}"{title}>{text}</td>')
         lines.append(f'<tr class="{css}">' + "".join(tds) + "</tr>")
     lines += ["</tbody>", "</table>"]
+    lines += [f"<p>{escape(line)}</p>" for line in notes(root, options, deeper)]
     if uncounted:
         items = "".join(
-            f"<li>{escape(u.kind)} <code>{escape(u.name)}</code> ×{u.calls} in "
-            + ", ".join(f"<code>{escape(name) or '(model)'}</code>" for name in u.layers)
+            f"<li>{escape(u.kind)} <code>{escape(printable(display_name(u.name)))}</code> ×{u.calls} in "
+            + ", ".join(f"<code>{escape(printable(name)) or '(model)'}</code>" for name in u.layers)
             + "</li>"
             for u in uncounted
         )

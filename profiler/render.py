@@ -1,11 +1,19 @@
-"""Rendering: the layer tree as rows, rows as cells, cells as a tabulate table. Pure functions."""
+"""Rendering: the layer tree as rows, rows as cells, cells as a tabulate table. Pure functions.
+
+Display choices live here, not in the records: torch function names are shortened the way users
+write them (``F.linear``, ``Tensor.add``), control characters in names are shown as escapes, and
+characters a table format gives a meaning to (``|`` in markdown, ``<`` in HTML) are escaped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import re
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from html import escape as html_escape
 
-from tabulate import tabulate
+from tabulate import LATEX_ESCAPE_RULES, tabulate
 
 from hooks import Counts, Shape
 from profiler.tree import FunctionStat, Layer, Uncounted, walk
@@ -14,16 +22,26 @@ from profiler.units import UNITS, format_count, format_rate, format_seconds
 __all__ = [
     "COLUMNS",
     "DEFAULT_COLUMNS",
+    "MAX_WIDTH",
     "SORT_KEYS",
     "Row",
     "TableOptions",
     "auto_depth",
+    "auto_depths",
     "cells",
+    "display_name",
     "headers",
+    "notes",
+    "printable",
+    "resolve_depth",
     "rows",
     "find",
+    "format_notes",
+    "scope",
     "select_rows",
+    "tabulate_text",
     "text_table",
+    "total_cells",
     "total_row",
     "uncounted_note",
 ]
@@ -48,6 +66,10 @@ SORT_KEYS = ("macs", "flops", "params", "time")
 NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
 _TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
 MAX_AUTO_ROWS = 40
+MAX_WIDTH = 100
+"""Characters per line that a table with the default depth, and every note, fits in."""
+_SEPARATOR = 2  # spaces between columns in the "simple" format
+_HEADER_PADDING = 2  # tabulate's MIN_PADDING: a column is at least its header plus 2 wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +119,34 @@ class TableOptions:
             raise ValueError(f"{', '.join(needs_time)} needs timings: profile(..., measure_time=True)")
 
 
-def _layer_row(layer: Layer, prefix: str) -> Row:
-    label = layer.name.rpartition(".")[2] if layer.name else layer.type
+# ---------------------------------------------------------------- names for display
+
+_SHORT_PREFIXES = (("torch.nn.functional.", "F."), ("torch.Tensor.", "Tensor."))
+
+
+def display_name(name: str) -> str:
+    """A torch function as users write it (``F.scaled_dot_product_attention``, ``Tensor.add``,
+    ``torch.matmul``); aten operators and module types are left as they are."""
+    for prefix, short in _SHORT_PREFIXES:
+        if name.startswith(prefix):
+            return short + name[len(prefix):]
+    return name
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: newlines, tabs, escape codes and other unprintable characters are
+    shown as their escapes (``\\n``), so a name can neither add a row nor hide itself."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _layer_row(layer: Layer, prefix: str, label: str | None = None) -> Row:
+    if label is None:
+        label = layer.name.rpartition(".")[2] if layer.name else layer.type
     return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status, layer.input_shapes,
                layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time)
 
@@ -111,10 +159,10 @@ def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
 def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
     """Tree rows down to ``depth`` levels below ``root`` (None: all). A layer that has children
     shows the torch functions it called itself as rows of their own, so each parent row is the
-    sum of the rows under it."""
+    sum of the rows under it. ``root`` is labelled with its full name (the model with its type)."""
 
-    def visit(layer: Layer, lead: str, glyph: str) -> Iterator[Row]:
-        yield _layer_row(layer, lead + glyph)
+    def visit(layer: Layer, lead: str, glyph: str, label: str | None = None) -> Iterator[Row]:
+        yield _layer_row(layer, lead + glyph, label)
         if depth is not None and layer.depth - root.depth >= depth:
             return
         functions = layer.functions if layer.children else ()
@@ -127,7 +175,7 @@ def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
             else:
                 yield from visit(entry, child_lead, child_glyph)
 
-    yield from visit(root, "", "")
+    yield from visit(root, "", "", root.name or root.type)
 
 
 def _own_row(layer: Layer) -> Row:
@@ -154,41 +202,85 @@ def find(root: Layer, name: str) -> Layer:
                    f"{', '.join(repr(c.name) for c in root.children[:3])}")
 
 
+def scope(root: Layer, options: TableOptions) -> Layer:
+    """The layer a table covers: ``options.layer``'s subtree, or the whole model. Its totals are
+    the table's Total row and the whole of its percentages."""
+    if options.layer is None:
+        return root
+    try:
+        return find(root, options.layer)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+
+
 def select_rows(root: Layer, options: TableOptions) -> list[Row]:
     """The tree (``sort_by=None``), or a flat ranking of every layer by its own work; only the
     subtree of ``options.layer`` when given, ``options.depth`` levels deep."""
-    if options.layer is not None:
-        try:
-            root = find(root, options.layer)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
+    top = scope(root, options)
     if options.sort_by is None:
-        depth = auto_depth(root) if options.depth is None else options.depth
-        selected = list(rows(root, depth))
+        selected = list(rows(top, resolve_depth(root, options)[0].depth))
     else:
-        flat = [_own_row(layer) for layer in walk(root)
-                if options.depth is None or layer.depth - root.depth <= options.depth]
+        flat = [_own_row(layer) for layer in walk(top)
+                if options.depth is None or layer.depth - top.depth <= options.depth]
         selected = sorted(flat, key=_SORT_VALUE[options.sort_by], reverse=True)
     return selected[: options.top] if options.top else selected
 
 
-def auto_depth(root: Layer, max_rows: int = MAX_AUTO_ROWS) -> int:
-    """The most levels below ``root`` whose table fits in ``max_rows`` rows (at least 1)."""
-    deepest = max(row.depth for row in rows(root)) - root.depth
-    for depth in range(deepest, 0, -1):
-        if sum(1 for _ in rows(root, depth)) <= max_rows:
-            return depth
-    return 1
+def auto_depths(
+    root: Layer,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    units: str = "human",
+    max_rows: int = MAX_AUTO_ROWS,
+    max_width: int = MAX_WIDTH,
+) -> tuple[int, int]:
+    """The most levels below ``root`` (at least 1) whose tree table fits in ``max_rows`` rows, and
+    the most whose table also fits its lines in ``max_width`` characters."""
+    every = list(rows(root))
+    relative = [row.depth - root.depth for row in every]
+    widths = [[len(text) for text in cells(row, columns, root, units)] for row in every]
+    total = total_cells(root, columns, units)
+    fixed = [max(len(COLUMNS[c]) + _HEADER_PADDING, len(text)) for c, text in zip(columns, total)]
+    by_rows = None
+    for depth in range(max(relative), 0, -1):
+        shown = [w for w, d in zip(widths, relative) if d <= depth]
+        if len(shown) > max_rows:
+            continue
+        by_rows = by_rows or depth
+        column_widths = [max(column) for column in zip(fixed, *shown)]
+        if sum(column_widths) + _SEPARATOR * (len(columns) - 1) <= max_width:
+            return by_rows, depth
+    return by_rows or 1, 1
+
+
+def auto_depth(root: Layer, columns: Sequence[str] = DEFAULT_COLUMNS, units: str = "human") -> int:
+    """The most levels below ``root`` whose tree table fits in 40 rows of 100 characters (at least 1)."""
+    return auto_depths(root, columns, units)[1]
+
+
+def resolve_depth(root: Layer, options: TableOptions) -> tuple[TableOptions, int | None]:
+    """``options`` with the depth a tree table shows by default filled in, and the deeper depth
+    that would fit the rows but not the width (None when nothing is left out for the width)."""
+    if options.sort_by is not None or options.depth is not None:
+        return options, None
+    by_rows, depth = auto_depths(scope(root, options), options.columns, options.units)
+    return replace(options, depth=depth), by_rows if by_rows > depth else None
+
+
+# ---------------------------------------------------------------- cells
 
 
 def headers(options: TableOptions) -> list[str]:
-    """Column titles; a flat ranking counts each layer's own work, marked "(self)"."""
-    own = options.sort_by is not None
-    return [COLUMNS[c] + (" (self)" if own and c in NUMERIC - {"calls"} else "") for c in options.columns]
+    """Column titles. A flat ranking counts each layer's own work; its note says so, once."""
+    return [COLUMNS[c] for c in options.columns]
 
 
 def _shapes(shapes: tuple[Shape, ...]) -> str:
     return ", ".join(str(list(s)) for s in shapes)
+
+
+def _first_shape(shapes: tuple[Shape, ...]) -> str:
+    """The first output's shape; ", …" when the module returned more (every one is in the exports)."""
+    return str(list(shapes[0])) + (", …" if len(shapes) > 1 else "") if shapes else ""
 
 
 def _percent(part: float, whole: float) -> str:
@@ -203,15 +295,15 @@ def _count(row: Row, value: int, units: str) -> str:
 
 
 def cell(row: Row, column: str, root: Layer, units: str) -> str:
-    """One cell as text."""
+    """One cell as text, on one line; percentages are of ``root`` (the table's scope)."""
     if column == "layer":
-        return row.prefix + row.label + (f" ×{row.calls}" if row.calls > 1 else "")
+        return row.prefix + printable(row.label) + (f" ×{row.calls}" if row.calls > 1 else "")
     if column == "type":
-        return row.type
+        return printable(display_name(row.type))
     if column == "input_shape":
         return _shapes(row.input_shapes)
     if column == "output_shape":
-        return "not run" if row.status == "not run" else _shapes(row.output_shapes)
+        return "not run" if row.status == "not run" else _first_shape(row.output_shapes)
     if column == "calls":
         return str(row.calls)
     if column == "params":
@@ -234,21 +326,36 @@ def cells(row: Row, columns: Sequence[str], root: Layer, units: str) -> list[str
 
 
 def total_row(root: Layer) -> Row:
+    """The totals of ``root``: the whole model, or the subtree a table is limited to."""
     return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time)
 
 
-def text_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions, tablefmt: str = "simple") -> str:
-    """The table as text (any tabulate ``tablefmt``), with a totals row and the uncounted list."""
-    options.validate(timed=root.time is not None)
-    columns = options.columns
-    body = [cells(row, columns, root, options.units) for row in select_rows(root, options)]
+def total_cells(root: Layer, columns: Sequence[str], units: str) -> list[str]:
     total = total_row(root)
-    body.append([cell(total, c, root, options.units) if c in _TOTALS else "" for c in columns])
-    colalign = ["right" if c in NUMERIC else "left" for c in columns]
-    text = tabulate(body, headers=headers(options), tablefmt=tablefmt, colalign=colalign,
-                    disable_numparse=True, preserve_whitespace=True)
-    note = uncounted_note(uncounted)
-    return f"{text}\n{note}" if note else text
+    return [cell(total, c, root, units) if c in _TOTALS else "" for c in columns]
+
+
+# ---------------------------------------------------------------- notes
+
+
+def notes(root: Layer, options: TableOptions, deeper: int | None = None) -> list[str]:
+    """What the numbers are, said once under the table: own work in a ranking, what a subtree
+    table's Total and percentages are of, and the ``deeper`` depth left out for the width."""
+    lines = []
+    if deeper is not None:
+        lines.append(f"Deeper levels are left out to fit {MAX_WIDTH} columns; depth={deeper} shows them.")
+    if options.sort_by is not None:
+        lines.append(f"Ranked by {COLUMNS[options.sort_by]}; each row is one layer alone (self), without its children.")
+    top = scope(root, options)
+    if top is not root:
+        shares = []
+        if root.total.macs:
+            shares.append(f"{_percent(top.total.macs, root.total.macs)} of the model's MACs")
+        if root.params:
+            whose = "its" if shares else "the model's"
+            shares.append(f"{_percent(top.params, root.params)} of {whose} params")
+        lines.append(f"Total and percentages are of '{printable(top.name)}'" + (f": {', '.join(shares)}." if shares else "."))
+    return lines
 
 
 def uncounted_note(uncounted: Sequence[Uncounted]) -> str:
@@ -257,7 +364,82 @@ def uncounted_note(uncounted: Sequence[Uncounted]) -> str:
         return ""
     lines = ["Uncounted (no rule; their work is not in the totals):"]
     for u in uncounted:
-        shown = [f"'{name}'" if name else "the model" for name in u.layers[:3]]
+        shown = [f"'{printable(name)}'" if name else "the model" for name in u.layers[:3]]
         where = ", ".join(shown) + (", ..." if len(u.layers) > 3 else "")
-        lines.append(f"  {u.kind} {u.name} ×{u.calls} in {where}")
+        lines.append(f"  {u.kind} {printable(display_name(u.name))} ×{u.calls} in {where}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- output formats
+
+
+def _markdown(text: str) -> str:
+    r"""Backslash escapes for what GitHub markdown reads as a cell border (``|``), raw HTML
+    (``<``, ``>``, ``&``) or an escape (``\``)."""
+    return re.sub(r"([\\|<>&])", r"\\\1", text)
+
+
+def _latex(text: str) -> str:
+    """The escapes tabulate's "latex" format gives its cells (``_`` as ``\\_``...)."""
+    return "".join(LATEX_ESCAPE_RULES.get(ch, ch) for ch in text)
+
+
+def _no_bars(text: str) -> str:
+    return text.replace("|", "¦")
+
+
+_BAR_FORMATS = ("orgtbl", "jira", "mediawiki", "moinmoin", "youtrack", "textile", "asciidoc")
+_CELL_ESCAPES: dict[str, Callable[[str], str]] = {
+    "github": _markdown,
+    "pipe": _markdown,
+    "unsafehtml": html_escape,  # our cells are names from a model, never markup
+    "latex_raw": _latex,
+    **{fmt: _no_bars for fmt in _BAR_FORMATS},  # "|" separates their cells
+}
+_NOTE_ESCAPES: dict[str, Callable[[str], str]] = {
+    "github": _markdown,
+    "pipe": _markdown,
+    **{fmt: _latex for fmt in ("latex", "latex_raw", "latex_booktabs", "latex_longtable")},
+}
+
+
+def _wrap(line: str) -> list[str]:
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    return textwrap.wrap(line, MAX_WIDTH, subsequent_indent=indent + "  ", break_long_words=False,
+                         break_on_hyphens=False) or [line]
+
+
+def format_notes(blocks: Sequence[str], tablefmt: str) -> str:
+    """Notes for after a table, escaped for ``tablefmt``: HTML paragraphs, or text wrapped to
+    ``MAX_WIDTH`` with a blank line between blocks (so markdown does not read them as rows)."""
+    blocks = [block for block in blocks if block]
+    if tablefmt in ("html", "unsafehtml"):
+        return "\n".join("<p>" + "<br>".join(html_escape(line) for line in block.splitlines()) + "</p>"
+                         for block in blocks)
+    escape = _NOTE_ESCAPES.get(tablefmt, str)
+    return "\n\n".join("\n".join(escape(wrapped) for line in block.splitlines() for wrapped in _wrap(line))
+                       for block in blocks)
+
+
+def tabulate_text(body: list[list[str]], header: Sequence[str], colalign: Sequence[str], tablefmt: str,
+                  notes: Sequence[str] = ()) -> str:
+    """Cells (already one-line, see :func:`printable`) as a tabulate table in ``tablefmt``, each
+    escaped for that format, and the notes under it."""
+    escape = _CELL_ESCAPES.get(tablefmt, str)
+    text = tabulate([[escape(c) for c in row] for row in body], headers=[escape(h) for h in header],
+                    tablefmt=tablefmt, colalign=colalign, disable_numparse=True, preserve_whitespace=True)
+    after = format_notes(notes, tablefmt)
+    return f"{text}\n\n{after}" if after else text
+
+
+def text_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions, tablefmt: str = "simple") -> str:
+    """The table as text (any tabulate ``tablefmt``), with a totals row, its notes and the uncounted list."""
+    options.validate(timed=root.time is not None)
+    options, deeper = resolve_depth(root, options)
+    top = scope(root, options)
+    columns = options.columns
+    body = [cells(row, columns, top, options.units) for row in select_rows(root, options)]
+    body.append(total_cells(top, columns, options.units))
+    colalign = ["right" if c in NUMERIC else "left" for c in columns]
+    return tabulate_text(body, headers(options), colalign, tablefmt,
+                         ["\n".join(notes(root, options, deeper)), uncounted_note(uncounted)])

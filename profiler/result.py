@@ -105,12 +105,14 @@ class ProfileResult(tuple):
     ) -> str:
         """The per-layer table as text.
 
-        ``depth=None`` picks the deepest level that fits 40 rows. ``columns`` is a sequence of
-        column names or one comma-separated string. ``sort_by`` ("macs", "flops",
-        "params", "time") ranks every layer by its own work in a flat list, ``top`` keeps the
-        first k rows. ``units`` is "human" (1.23M) or "exact" (1,234,567); ``tablefmt`` is any
-        tabulate format. ``layer="model.layers.0"`` shows that layer's subtree only (``depth``
-        then counts levels below it).
+        ``depth=None`` picks the deepest level that fits 40 rows of at most 100 characters.
+        ``columns`` is a sequence of column names or one comma-separated string. ``sort_by``
+        ("macs", "flops", "params", "time") ranks every layer by its own work in a flat list,
+        ``top`` keeps the first k rows. ``units`` is "human" (1.23M) or "exact" (1,234,567);
+        ``tablefmt`` is any tabulate format (names are escaped for it). ``layer="model.layers.0"``
+        shows that layer's subtree only: ``depth`` then counts levels below it, and the Total row
+        and the percentages are of that layer. Torch functions are shown as users write them
+        (``F.linear``, ``Tensor.add``); the records keep their full names.
         """
         options = self._options(depth, columns, sort_by, top, units, layer)
         return text_table(self.root, self.uncounted, options, tablefmt)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from profiler import UncountedWarning, profile
-from profiler.render import COLUMNS, SORT_KEYS
+from profiler.render import COLUMNS, DEFAULT_COLUMNS, SORT_KEYS
 from profiler.units import UNITS
 
 from conftest import Block, assert_tree_invariant, load_example
@@ -281,9 +281,12 @@ def test_sort_by_ranks_each_layers_own_work(request, which, render, key):
     assert values == sorted(values, reverse=True)
     assert values[0] == max(OWN_VALUE[key](layer) for layer in result.layers)
     assert len({layer.name for layer in layers}) == top
-    # the numbers shown are the layer's own, and the headers say so
-    column = f"{COLUMNS[key]} (self)"
-    assert column in header
+    # the numbers shown are the layer's own; the headers are the usual ones and one note says so
+    column = COLUMNS[key]
+    assert header == [COLUMNS[c] for c in DEFAULT_COLUMNS]
+    rendered = getattr(result, render)(sort_by=key, top=top, units="exact")
+    assert rendered.count("(self)") == 1
+    assert f"Ranked by {COLUMNS[key]}; each row is one layer alone (self), without its children." in rendered
     for layer, row in zip(layers, rows):
         shown = row[header.index(column)].removesuffix(" +?")  # "+?": some of its work has no rule
         assert shown == exact(OWN_VALUE[key](layer)) or (shown == "uncounted" and OWN_VALUE[key](layer) == 0)

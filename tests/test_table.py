@@ -12,6 +12,7 @@ from profiler import profile
 from profiler.render import TableOptions, rows, text_table
 from profiler.tree import build_tree, uncounted_summary
 from conftest import Block, assert_tree_invariant
+from test_report import HTMLTable, github_cells
 
 
 class Small(nn.Module):
@@ -33,23 +34,23 @@ class Small(nn.Module):
 
 
 GOLDEN = """\
-Layer              Type                  Output shape      Params    MACs    FLOPs    MACs %
------------------  --------------------  --------------  --------  ------  -------  --------
-Small              Small                 [3, 2]               272     720    1,887    100.0%
-├─ softmax()       torch.Tensor.softmax                                 0       15      0.0%
-├─ embed           Linear                [3, 8]                40      96      192     13.3%
-├─ blocks          ModuleList                                 144     576    1,584     80.0%
-│  ├─ 0 ×2         Block                 [3, 8]                72     384    1,056     53.3%
-│  │  ├─ add() ×2  torch.Tensor.add                                     0       48      0.0%
-│  │  ├─ proj ×2   Linear                [3, 8]                72     384      768     53.3%
-│  │  └─ act ×2    GELU                  [3, 8]                 0       0      240      0.0%
-│  └─ 1            Block                 [3, 8]                72     192      528     26.7%
-│     ├─ add()     torch.Tensor.add                                     0       24      0.0%
-│     ├─ proj      Linear                [3, 8]                72     192      384     26.7%
-│     └─ act       GELU                  [3, 8]                 0       0      120      0.0%
-├─ head            Linear                [3, 2]                16      48       96      6.7%
-└─ unused          Linear                not run               72       0        0      0.0%
-Total                                                         272     720    1,887    100.0%"""
+Layer              Type            Output shape      Params    MACs    FLOPs    MACs %
+-----------------  --------------  --------------  --------  ------  -------  --------
+Small              Small           [3, 2]               272     720    1,887    100.0%
+├─ softmax()       Tensor.softmax                                 0       15      0.0%
+├─ embed           Linear          [3, 8]                40      96      192     13.3%
+├─ blocks          ModuleList                           144     576    1,584     80.0%
+│  ├─ 0 ×2         Block           [3, 8]                72     384    1,056     53.3%
+│  │  ├─ add() ×2  Tensor.add                                     0       48      0.0%
+│  │  ├─ proj ×2   Linear          [3, 8]                72     384      768     53.3%
+│  │  └─ act ×2    GELU            [3, 8]                 0       0      240      0.0%
+│  └─ 1            Block           [3, 8]                72     192      528     26.7%
+│     ├─ add()     Tensor.add                                     0       24      0.0%
+│     ├─ proj      Linear          [3, 8]                72     192      384     26.7%
+│     └─ act       GELU            [3, 8]                 0       0      120      0.0%
+├─ head            Linear          [3, 2]                16      48       96      6.7%
+└─ unused          Linear          not run               72       0        0      0.0%
+Total                                                   272     720    1,887    100.0%"""
 
 
 @pytest.fixture
@@ -131,3 +132,51 @@ def test_rendering_needs_no_model():
     assert text.splitlines()[2].split() == ["Net", "Net", "[2,", "5]", "30", "90", "+?", "180", "+?", "100.0%"]
     assert "├─ matmul()" in text
     assert text.splitlines()[-1] == "  module Odd ×1 in 'odd'"
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return profile(torchvision.models.resnet18(weights=None), torch.rand(1, 3, 64, 64))
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%"
+
+
+@pytest.mark.parametrize("render", ["table", "html"])
+def test_subtree_table_totals_the_subtree(resnet18, render):
+    sub = resnet18.layer("layer3")
+    assert sub.params < resnet18.total_params  # a Total of the whole model would differ
+    columns = ("layer", "params", "params_pct", "macs", "flops", "macs_pct")
+    options = {"layer": "layer3", "depth": 1, "units": "exact", "columns": columns}
+    if render == "table":
+        header, body = github_cells(resnet18.table(tablefmt="github", **options))
+    else:
+        parsed = HTMLTable(resnet18.html(**options))
+        header, body = parsed.header, [cells for _, cells in parsed.rows]
+    shown = [dict(zip(header, row)) for row in body]
+    assert [row["Layer"].lstrip("│├└─ ") for row in shown] == ["layer3", *(c.name.rpartition(".")[2] for c in sub.children), "Total"]
+    total = shown[-1]
+    assert (total["Params"], total["MACs"], total["FLOPs"]) == (f"{sub.params:,}", f"{sub.total.macs:,}", f"{sub.total.flops:,}")
+    assert total["Params %"] == total["MACs %"] == shown[0]["MACs %"] == percent(1, 1)
+    for child, row in zip(sub.children, shown[1:-1]):
+        assert row["MACs %"] == percent(child.total.macs, sub.total.macs)
+        assert row["Params %"] == percent(child.params, sub.params)
+
+
+@pytest.mark.parametrize("render", ["table", "html"])
+def test_subtree_note_says_what_the_percentages_are_of(resnet18, render):
+    sub = resnet18.layer("layer3")
+    note = (f"Total and percentages are of 'layer3': {percent(sub.total.macs, resnet18.total_macs)} of the model's "
+            f"MACs, {percent(sub.params, resnet18.total_params)} of its params.")
+    text = getattr(resnet18, render)(layer="layer3", depth=1)
+    assert (note if render == "table" else note.replace("'", "&#x27;")) in text
+    assert "are of" not in getattr(resnet18, render)(depth=1)  # the whole model needs no note
+
+
+def test_subtree_ranking_totals_the_subtree(resnet18):
+    sub = resnet18.layer("layer3")
+    text = resnet18.table(layer="layer3", sort_by="macs", units="exact")
+    total = next(line for line in text.splitlines() if line.startswith("Total"))
+    assert total.split() == ["Total", f"{sub.params:,}", f"{sub.total.macs:,}", f"{sub.total.flops:,}", percent(1, 1)]
+    assert "layer3" in text.split("\n\n")[-1] and "(self)" in text
