@@ -21,7 +21,7 @@ from torch import nn
 
 from profiler import __version__
 from profiler.api import profile
-from profiler.render import COLUMNS, DEFAULT_COLUMNS, SORT_KEYS, TableOptions
+from profiler.render import COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, SORT_KEYS, TableOptions
 from profiler.units import UNITS
 
 __all__ = ["main", "build_parser", "load_object"]
@@ -35,7 +35,8 @@ examples:
       --input-size 1,128 --input-dtype long
   python -m profiler torchvision.models:resnet18 --input-size 1,3,224,224 --sort macs --top 10
   python -m profiler torchvision.models:vgg11 --arg num_classes=10 --input-size 1,3,64,64 --format json
-  python -m profiler my_models.py:Net --input-size 8,32 --measure-time --vs-thop
+  python -m profiler examples/my_models.py:Net --arg width=64 --input-size 8,32 --input-size 8,4 \\
+      --measure-time --vs-thop
 """
 
 
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype of the inputs, e.g. long for token ids (default: the model's float dtype)")
     parser.add_argument("--device", default="cpu",
                         help="where to build and run the model: cpu, cuda, cuda:1, or meta (shapes only, no memory)")
-    parser.add_argument("--depth", type=int, help="deepest level of the layer tree to show (default: fits 40 rows)")
+    parser.add_argument("--depth", type=int, help="deepest level of the layer tree to show (default: the deepest "
+                        f"that fits {MAX_AUTO_ROWS} rows and {MAX_WIDTH} columns)")
     parser.add_argument("--columns", help=f"comma-separated columns, from: {', '.join(COLUMNS)}")
     parser.add_argument("--sort", choices=SORT_KEYS, help="rank layers by their own work in a flat list")
     parser.add_argument("--top", type=int, help="keep the first N rows, e.g. --sort macs --top 10")

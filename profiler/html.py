@@ -32,14 +32,22 @@ _STYLE = (
     " font-family: ui-monospace, monospace; font-size: 12px}"
     ".hookprof td.text, .hookprof th.text {text-align: left}"
     ".hookprof tr.total td {font-weight: bold; border-top: 1px solid #999}"
-    ".hookprof .bar {display: inline-block; height: 0.8em; background: #4c78a8; vertical-align: middle}"
+    ".hookprof .track {display: inline-block; width: 100px; height: 0.8em; margin-left: 6px;"
+    " vertical-align: middle; background: #e8e8e8}"
+    ".hookprof .track.empty {background: none}"
+    ".hookprof .bar {display: block; height: 100%; background: #4c78a8}"
     "</style>"
 )
 
 
-def _bar(share: float) -> str:
+def _bar(text: str, share: float | None) -> str:
+    """The percentage, then a bar in a track of fixed width (an empty track where the share is not
+    known). The track ends the right-aligned cell, so every bar starts at the same x and the
+    percentages line up."""
+    if share is None:
+        return f'{text}<span class="track empty"></span>'
     width = max(0.0, min(100.0, 100 * share))
-    return f'<span class="bar" style="width: {width:.1f}px"></span> {100 * share:.1f}%'
+    return f'{text}<span class="track"><span class="bar" style="width: {width:.1f}%"></span></span>'
 
 
 def _shapes_title(shapes: Sequence[tuple[int, ...]]) -> str:
@@ -68,8 +76,9 @@ def html_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOption
                 text = escape(cell(row, c, top, options.units).removeprefix(row.prefix))
                 indent = 0 if options.sort_by or css == "total" else row.depth - top.depth
                 text = f'<span style="padding-left: {1.2 * indent:.1f}em">{text}</span>'
-            elif c == "macs_pct" and not row.uncounted and top.total.macs:
-                text = _bar(row.counts.macs / top.total.macs)
+            elif c == "macs_pct" and top.total.macs:
+                share = None if row.uncounted else row.counts.macs / top.total.macs
+                text = _bar(escape(cell(row, c, top, options.units)), share)
             else:
                 text = escape(cell(row, c, top, options.units))
                 if c == "output_shape" and len(row.output_shapes) > 1:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import load_example
+from conftest import EXAMPLES, load_example
 
 
 def test_transformer_flops(capsys):
@@ -33,6 +33,13 @@ def test_custom_rule(capsys):
     line = capsys.readouterr().out.splitlines()[0]
     # (x @ U) @ V on [8, 256] with rank 16, twice: 2 * 8 * 256 * 16 MACs per LowRankLinear
     assert line == f"traced matmuls: {2 * 2 * 8 * 256 * 16:,} MACs; rule: {2 * 2 * 8 * 256 * 16:,}; thop-style rule: {2 * 2 * 8 * 256 * 16:,}"
+
+
+def test_my_models_command_is_the_readmes():
+    """examples/my_models.py is a model file for the command line (tests/test_readme.py runs the command)."""
+    doc = load_example("my_models").__doc__
+    (command,) = [line.strip() for line in doc.splitlines() if line.strip().startswith("python -m profiler ")]
+    assert command in (EXAMPLES.parent / "README.md").read_text().splitlines()
 
 
 def test_llm_on_meta(capsys):
