@@ -53,20 +53,27 @@ class Comparison:
         return tuple(row for row in self.rows if row.difference)
 
     def table(self, *, all_layers: bool = False, units: str = "exact", tablefmt: str = "simple") -> str:
-        """The differing layers (every layer with ``all_layers=True``) and the totals."""
+        """The differing layers (every layer with ``all_layers=True``) and the totals. Reasons are
+        numbered in the table and written out under it, so the table stays narrow."""
         shown = self.rows if all_layers else self.differences
+        reasons: dict[str, str] = {}
+
+        def ref(reason: str) -> str:
+            return reasons.setdefault(reason, f"[{len(reasons) + 1}]") if reason else ""
+
+        params_reason = "thop counts the parameters of layers it has a rule for" if self.params != self.thop_params else ""
         body = [
             [printable(r.name) or "(model)", printable(r.type), format_count(r.ours, units), format_count(r.thop, units),
-             format_count(r.difference, units), printable(r.reason)]
+             format_count(r.difference, units), ref(r.reason)]
             for r in shown
         ]
         body.append(["Total MACs", "", format_count(self.macs, units), format_count(self.thop_macs, units),
                      format_count(self.macs - self.thop_macs, units), ""])
         body.append(["Total params", "", format_count(self.params, units), format_count(self.thop_params, units),
-                     format_count(self.params - self.thop_params, units),
-                     "thop counts the parameters of layers it has a rule for" if self.params != self.thop_params else ""])
+                     format_count(self.params - self.thop_params, units), ref(params_reason)])
+        notes = "\n".join(f"{key} {printable(reason)}" for reason, key in reasons.items())
         return tabulate_text(body, ["Layer", "Type", "hookprof MACs", "thop MACs", "Difference", "Reason"],
-                             ("left", "left", "right", "right", "right", "left"), tablefmt)
+                             ("left", "left", "right", "right", "right", "left"), tablefmt, [notes])
 
     def __repr__(self) -> str:
         return (f"Comparison(macs={self.macs:,}, thop_macs={self.thop_macs:,}, "

@@ -313,6 +313,8 @@ def cell(row: Row, column: str, root: Layer, units: str) -> str:
     if column in ("macs", "flops"):
         return _count(row, getattr(row.counts, column), units)
     if column == "macs_pct":
+        if row.uncounted and row.counts == Counts():
+            return "?"  # its share is unknown, not 0%
         return _percent(row.counts.macs, root.total.macs)
     if column == "time":
         return "" if row.time is None else format_seconds(row.time)
