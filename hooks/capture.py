@@ -404,7 +404,10 @@ class _Recorder(TorchFunctionMode):
         """An aten (or custom) operator ran with the aten counter on: count it in the innermost layer."""
         if self.suppress or not self.stack:
             return
-        frame = self.stack[-1]
+        self._count_operator_in(self.stack[-1], op, args, kwargs, out)
+
+    def _count_operator_in(self, frame: list, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """Count an aten (or custom) operator in ``frame``'s layer, by :func:`hooks.aten.aten_rule`."""
         frame[1] += 1
         with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
             if not _is_floating(out):
@@ -639,9 +642,10 @@ def gc_paused() -> Iterator[None]:
 @contextmanager
 def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Callable | None = None,
              *, with_kwargs: bool = True, always_call: bool = False,
-             modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
+             modules: Iterable[nn.Module] | None = None, training: bool = False) -> Iterator[None]:
     """Run the body in eval mode without grad, with ``pre_hook``/``post_hook`` on every module call,
     and ``torch.compile``d code run eagerly (hooks see inside it; the arithmetic is the same).
+    ``training=True`` runs it in training mode (``model.train()``) with grad enabled instead.
 
     The hooks are global (``register_module_forward_*_hook``), so nothing is added to the model;
     they see other modules' calls, and other threads', too and must ignore them. ``always_call``
@@ -656,6 +660,7 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         )
     held = list({id(m): m for m in (model.modules() if modules is None else modules)}.values())
     handles = []
+    holding = False
     _active.model = model
     try:
         if pre_hook is not None:
@@ -663,8 +668,12 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
         if post_hook is not None:
             handles.append(nn.modules.module.register_module_forward_hook(
                 post_hook, with_kwargs=with_kwargs, always_call=always_call))
-        _hold_in_eval(held)
-        with torch.no_grad(), compiled_runs_eagerly():
+        if training:
+            _hold_for_training(model, held)
+        else:
+            _hold_in_eval(held)
+        holding = True
+        with torch.enable_grad() if training else torch.no_grad(), compiled_runs_eagerly():
             yield
     finally:
         _active.model = None
@@ -672,27 +681,53 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
             handle.remove()
             # torch's handle forgets this flag when the hook goes (torch 2.14)
             nn.modules.module._global_forward_hooks_with_kwargs.pop(handle.id, None)
-        _release(held)
+        if holding:
+            _release(held)
 
 
-# module id -> [module, its own training flag, profiles holding it in eval mode]. Two threads may
-# profile one model at once: the first saves the flags, the last restores them.
+# module id -> [module, its own training flag, profiles holding it, held for training]. Two threads
+# may profile one model at once: the first saves the flags, the last restores them. A training
+# profile, which runs a backward and sets the model's gradients, holds a model alone.
 _held: dict[int, list] = {}
 _held_lock = threading.Lock()
+_BUSY = ("is being profiled in another thread{}; profile_training runs a backward that sets the model's "
+         "gradients, so it needs the model alone: profile one at a time")
 
 
 def _hold_in_eval(modules: list[nn.Module]) -> None:
     """Save each module's ``training`` flag unless another profile holds it, then set it False:
     the flag itself, not ``eval()``, which exported modules refuse."""
     with _held_lock:
+        if any(_held.get(id(module), (0, 0, 0, False))[3] for module in modules):
+            raise RuntimeError("the model " + _BUSY.format(" by profile_training"))
         for module in modules:
             entry = _held.get(id(module))
             if entry is None:
-                _held[id(module)] = [module, module.training, 1]
+                _held[id(module)] = [module, module.training, 1, False]
             else:
                 entry[2] += 1
             if module.training:
                 module.training = False
+
+
+def _hold_for_training(model: nn.Module, modules: list[nn.Module]) -> None:
+    """Save each module's ``training`` flag and call ``model.train()``, which a model may override
+    (to keep a frozen backbone's BatchNorm in eval mode, say): what a training loop does. A model
+    that refuses ``train()`` (an exported one) gets the flags set directly."""
+    with _held_lock:
+        if any(id(module) in _held for module in modules):
+            raise RuntimeError("the model " + _BUSY.format(""))
+        for module in modules:
+            _held[id(module)] = [module, module.training, 1, True]
+    try:
+        try:
+            model.train()
+        except NotImplementedError:
+            for module in modules:
+                module.training = True
+    except BaseException:
+        _release(modules)
+        raise
 
 
 def _release(modules: list[nn.Module]) -> None:
@@ -747,12 +782,18 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
         except RuleError:
             raise
         except Exception as exc:
-            failed = recorder.failure[0][:4] if recorder.failure is not None and recorder.failure[1] is exc else None
-            raise forward_error(exc, failed) from exc  # failed is None for an error a layer caught
+            raise _capture_error(recorder, exc) from exc
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
         return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes),
                        recorder.ran_nothing)
+
+
+def _capture_error(recorder: _Recorder, exc: BaseException) -> CaptureError:
+    """The error for a forward that raised ``exc``, naming the layer where it happened if known
+    (not for an error a layer caught)."""
+    failed = recorder.failure[0][:4] if recorder.failure is not None and recorder.failure[1] is exc else None
+    return forward_error(exc, failed)
 
 
 def forward_error(exc: BaseException, failed: tuple | None, during: str = "") -> CaptureError:

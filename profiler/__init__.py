@@ -8,6 +8,7 @@ from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
 from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
 from profiler.result import ProfileResult
+from profiler.training import StepMemory, TrainingResult, profile_training
 from profiler.tree import Layer
 from profiler.units import clever_format
 
@@ -22,6 +23,8 @@ __all__ = [
     "Counts",
     "Layer",
     "ProfileResult",
+    "StepMemory",
+    "TrainingResult",
     "RuleError",
     "UncountedError",
     "UncountedWarning",
@@ -30,4 +33,5 @@ __all__ = [
     "function_rule",
     "module_rule",
     "profile",
+    "profile_training",
 ]

@@ -5,19 +5,19 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from hooks import REGISTRY, Rule, capture_forward, custom_rule
-from hooks.capture import modules_by_name
+from hooks.capture import Capture, modules_by_name
 from hooks.timing import time_modules
 from profiler.result import ProfileResult
-from profiler.tree import uncounted_summary
+from profiler.tree import Uncounted, uncounted_summary
 
-__all__ = ["profile", "forward_arguments", "UncountedError", "UncountedWarning"]
+__all__ = ["profile", "forward_arguments", "check_counted", "warn_uncounted", "UncountedError", "UncountedWarning"]
 
 
 class UncountedWarning(UserWarning):
@@ -159,24 +159,7 @@ def profile(
 
     result = capture_forward(model, call, resolver)
     uncounted = uncounted_summary(result.records)
-    if strict and uncounted:
-        listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
-        raise UncountedError(f"strict=True and these ran without a rule: {listing}")
-    if result.ran_nothing:
-        message = ("the forward ran no layer and no torch function: nothing was counted "
-                   "(does forward return a generator, or return before calling anything?)")
-        if strict:
-            raise UncountedError(f"strict=True and {message}")
-        warnings.warn(message, UncountedWarning, stacklevel=2)
-    if result.other_threads:
-        listing = ", ".join(f"'{name}' ×{calls}" for name, calls in Counter(result.other_threads).items())
-        message = (f"layers called from other threads while profiling were not counted: {listing}; "
-                   "only the calling thread's work is counted, and those calls ran with the model in eval mode "
-                   "(training flags are shared by all threads: Dropout was off, and BatchNorm normalised with its "
-                   "running statistics and did not update them)")
-        if strict:
-            raise UncountedError(f"strict=True and {message}")
-        warnings.warn(message, UncountedWarning, stacklevel=2)
+    check_counted(result, uncounted, strict)
     times = None
     if measure_time:
         named = modules_by_name(model, resolver)
@@ -190,13 +173,43 @@ def profile(
             print(f"[INFO] {rule_name}() counts {', '.join(types)}")
         for note in result.notes:
             print(f"[INFO] {note}")
+    if report_missing:
+        for u in uncounted:
+            print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
+    warn_uncounted(uncounted)
+    return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info)
+
+
+def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool, training: bool = False) -> None:
+    """Raise :class:`UncountedError` (``strict``) or warn when something was not counted: calls
+    without a rule, a forward that ran nothing, layers called from other threads."""
+    if strict and uncounted:
+        listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
+        raise UncountedError(f"strict=True and these ran without a rule: {listing}")
+    if capture.ran_nothing:
+        message = ("the forward ran no layer and no torch function: nothing was counted "
+                   "(does forward return a generator, or return before calling anything?)")
+        if strict:
+            raise UncountedError(f"strict=True and {message}")
+        warnings.warn(message, UncountedWarning, stacklevel=3)
+    if capture.other_threads:
+        listing = ", ".join(f"'{name}' ×{calls}" for name, calls in Counter(capture.other_threads).items())
+        seen = ("in training mode with grad enabled in the profiling thread (training flags are shared by all "
+                "threads)") if training else ("in eval mode (training flags are shared by all threads: Dropout was "
+                                              "off, and BatchNorm normalised with its running statistics and did not "
+                                              "update them)")
+        message = (f"layers called from other threads while profiling were not counted: {listing}; "
+                   f"only the calling thread's work is counted, and those calls ran with the model {seen}")
+        if strict:
+            raise UncountedError(f"strict=True and {message}")
+        warnings.warn(message, UncountedWarning, stacklevel=3)
+
+
+def warn_uncounted(uncounted: Sequence[Uncounted]) -> None:
+    """The :class:`UncountedWarning` listing what ran without a rule, for the caller's caller."""
     if uncounted:
         listing = "; ".join(f"{u.name} ×{u.calls}" for u in uncounted)
-        if report_missing:
-            for u in uncounted:
-                print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
-        warnings.warn(f"ran without a rule, not counted: {listing}", UncountedWarning, stacklevel=2)
-    return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info)
+        warnings.warn(f"ran without a rule, not counted: {listing}", UncountedWarning, stacklevel=3)
 
 
 def _rules_used(modules) -> dict[str, list[str]]:

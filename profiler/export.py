@@ -10,16 +10,36 @@ from typing import Any
 
 from profiler.tree import Layer, Uncounted, walk
 
-__all__ = ["to_dict", "layer_records", "CSV_FIELDS", "to_csv_text", "to_json_text"]
+__all__ = ["to_dict", "layer_records", "CSV_FIELDS", "TRAINING_FIELDS", "to_csv_text"]
 
 CSV_FIELDS = (
     "name", "type", "depth", "calls", "status", "params", "own_params", "macs", "flops", "matmul_flops",
     "own_macs", "own_flops", "own_matmul_flops", "uncounted", "input_shapes", "output_shapes", "time", "own_time",
 )
+TRAINING_FIELDS = (
+    "backward_macs", "backward_flops", "backward_matmul_flops", "own_backward_macs", "own_backward_flops",
+    "own_backward_matmul_flops", "backward_uncounted", "activation_bytes", "own_activation_bytes",
+)
+"""The columns a training profile adds to each layer."""
+
+
+def _training_fields(layer: Layer) -> dict[str, Any]:
+    return {
+        "backward_macs": layer.backward.macs,
+        "backward_flops": layer.backward.flops,
+        "backward_matmul_flops": layer.backward.matmul_flops,
+        "own_backward_macs": layer.own_backward.macs,
+        "own_backward_flops": layer.own_backward.flops,
+        "own_backward_matmul_flops": layer.own_backward.matmul_flops,
+        "backward_uncounted": layer.backward_uncounted_calls > 0,
+        "activation_bytes": layer.activation_bytes,
+        "own_activation_bytes": layer.own_activation_bytes,
+    }
 
 
 def layer_records(root: Layer) -> list[dict[str, Any]]:
-    """One flat dict per layer in tree order: numbers as ints, shapes as lists, times in seconds."""
+    """One flat dict per layer in tree order: numbers as ints, shapes as lists, times in seconds;
+    a training profile's backward counts and activation bytes too."""
     return [
         {
             "name": layer.name,
@@ -40,6 +60,7 @@ def layer_records(root: Layer) -> list[dict[str, Any]]:
             "output_shapes": [list(s) for s in layer.output_shapes],
             "time": layer.time,
             "own_time": layer.own_time,
+            **(_training_fields(layer) if layer.backward is not None else {}),
         }
         for layer in walk(root)
     ]
@@ -50,21 +71,24 @@ def to_dict(root: Layer, uncounted: Sequence[Uncounted]) -> dict[str, Any]:
     layers = []
     for layer, record in zip(walk(root), layer_records(root)):
         record["rule"] = layer.rule
-        record["functions"] = [
-            {"function": f.function, "calls": f.calls, "status": f.status, "macs": f.counts.macs,
-             "flops": f.counts.flops, "matmul_flops": f.counts.matmul_flops}
-            for f in layer.functions
-        ]
+        record["functions"] = _functions(layer.functions)
+        if layer.backward is not None:
+            record["backward_functions"] = _functions(layer.backward_functions)
         layers.append(record)
+    totals = {
+        "macs": root.total.macs,
+        "flops": root.total.flops,
+        "matmul_flops": root.total.matmul_flops,
+        "params": root.params,
+        "time": root.time,
+    }
+    if root.backward is not None:
+        totals.update(backward_macs=root.backward.macs, backward_flops=root.backward.flops,
+                      backward_matmul_flops=root.backward.matmul_flops,
+                      training_flops=root.total.flops + root.backward.flops, activation_bytes=root.activation_bytes)
     return {
         "model": root.type,
-        "totals": {
-            "macs": root.total.macs,
-            "flops": root.total.flops,
-            "matmul_flops": root.total.matmul_flops,
-            "params": root.params,
-            "time": root.time,
-        },
+        "totals": totals,
         "layers": layers,
         "uncounted": [
             {"kind": u.kind, "name": u.name, "calls": u.calls, "layers": list(u.layers)} for u in uncounted
@@ -72,14 +96,19 @@ def to_dict(root: Layer, uncounted: Sequence[Uncounted]) -> dict[str, Any]:
     }
 
 
-def to_json_text(root: Layer, uncounted: Sequence[Uncounted]) -> str:
-    return json.dumps(to_dict(root, uncounted), indent=2)
+def _functions(stats) -> list[dict[str, Any]]:
+    return [
+        {"function": f.function, "calls": f.calls, "status": f.status, "macs": f.counts.macs,
+         "flops": f.counts.flops, "matmul_flops": f.counts.matmul_flops}
+        for f in stats
+    ]
 
 
 def to_csv_text(root: Layer) -> str:
     """One row per layer; shapes as JSON lists, empty cells for missing times."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    fields = CSV_FIELDS + (TRAINING_FIELDS if root.backward is not None else ())
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in layer_records(root):
         record["input_shapes"] = json.dumps(record["input_shapes"])

@@ -17,13 +17,14 @@ from tabulate import LATEX_ESCAPE_RULES, tabulate
 
 from hooks import Counts, Shape
 from profiler.tree import FunctionStat, Layer, Uncounted, walk
-from profiler.units import UNITS, format_count, format_rate, format_seconds
+from profiler.units import UNITS, format_bytes, format_count, format_rate, format_seconds
 
 __all__ = [
     "COLUMNS",
     "DEFAULT_COLUMNS",
     "MAX_WIDTH",
     "SORT_KEYS",
+    "TRAINING_COLUMNS",
     "Row",
     "TableOptions",
     "auto_depth",
@@ -59,12 +60,17 @@ COLUMNS = {
     "macs_pct": "MACs %",
     "time": "Time",
     "flops_per_s": "FLOP/s",
+    "bwd_flops": "Bwd FLOPs",
+    "act_bytes": "Act. bytes",
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
+TRAINING_COLUMNS = ("layer", "type", "output_shape", "params", "flops", "bwd_flops", "act_bytes")
+"""The default columns of a training profile (``profile_training``)."""
 TIME_COLUMNS = ("time", "flops_per_s")
-SORT_KEYS = ("macs", "flops", "params", "time")
-NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
-_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s"}
+_NEEDS_TRAINING = ("bwd_flops", "act_bytes")
+SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes")
+NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes"}
+_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes"}
 MAX_AUTO_ROWS = 40
 MAX_WIDTH = 100
 """Characters per line that a table with the default depth, and every note, fits in."""
@@ -88,6 +94,9 @@ class Row:
     counts: Counts
     uncounted: bool = False  # some work in this row ran without a rule
     time: float | None = None  # seconds
+    backward: Counts | None = None  # a training profile's backward work
+    backward_uncounted: bool = False
+    activation_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ class TableOptions:
     units: str = "human"
     layer: str | None = None  # show only this layer's subtree
 
-    def validate(self, timed: bool) -> None:
+    def validate(self, timed: bool, training: bool = False) -> None:
         """Raise ``ValueError`` naming the bad option and listing the valid ones."""
         bad = [c for c in self.columns if c not in COLUMNS]
         if bad:
@@ -117,6 +126,9 @@ class TableOptions:
         needs_time = [c for c in self.columns if c in TIME_COLUMNS] + (["sort_by='time'"] if self.sort_by == "time" else [])
         if needs_time and not timed:
             raise ValueError(f"{', '.join(needs_time)} needs timings: profile(..., measure_time=True)")
+        needs_training = [c for c in (*self.columns, self.sort_by) if c in _NEEDS_TRAINING]
+        if needs_training and not training:
+            raise ValueError(f"{', '.join(needs_training)} needs a training profile: profile_training(model, ...)")
 
 
 # ---------------------------------------------------------------- names for display
@@ -148,7 +160,8 @@ def _layer_row(layer: Layer, prefix: str, label: str | None = None) -> Row:
     if label is None:
         label = layer.name.rpartition(".")[2] if layer.name else layer.type
     return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status, layer.input_shapes,
-               layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time)
+               layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time,
+               layer.backward, layer.backward_uncounted_calls > 0, layer.activation_bytes)
 
 
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
@@ -181,8 +194,10 @@ def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
 def _own_row(layer: Layer) -> Row:
     """A layer's own work (its rule, or the functions it called itself), not its children's."""
     uncounted = layer.status == "uncounted" or any(f.status == "uncounted" for f in layer.functions)
+    backward_uncounted = any(f.status == "uncounted" for f in layer.backward_functions)
     return Row("", layer.name or layer.type, layer.type, layer.depth, layer.calls, layer.status,
-               layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time)
+               layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time,
+               layer.own_backward, backward_uncounted, layer.own_activation_bytes)
 
 
 _SORT_VALUE = {
@@ -190,6 +205,8 @@ _SORT_VALUE = {
     "flops": lambda r: r.counts.flops,
     "params": lambda r: r.params or 0,
     "time": lambda r: r.time or 0.0,
+    "bwd_flops": lambda r: r.backward.flops if r.backward else 0,
+    "act_bytes": lambda r: r.activation_bytes or 0,
 }
 
 
@@ -320,6 +337,12 @@ def cell(row: Row, column: str, root: Layer, units: str) -> str:
         return "" if row.time is None else format_seconds(row.time)
     if column == "flops_per_s":
         return "" if not row.time or row.uncounted else format_rate(row.counts.flops / row.time)
+    if column == "bwd_flops":
+        if row.backward is None:
+            return ""
+        return format_count(row.backward.flops, units) + (" +?" if row.backward_uncounted else "")
+    if column == "act_bytes":
+        return "" if row.activation_bytes is None else format_bytes(row.activation_bytes, units)
     raise ValueError(f"unknown column {column!r}; valid columns: {', '.join(COLUMNS)}")
 
 
@@ -329,7 +352,8 @@ def cells(row: Row, columns: Sequence[str], root: Layer, units: str) -> list[str
 
 def total_row(root: Layer) -> Row:
     """The totals of ``root``: the whole model, or the subtree a table is limited to."""
-    return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time)
+    return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time,
+               root.backward, root.backward_uncounted_calls > 0, root.activation_bytes)
 
 
 def total_cells(root: Layer, columns: Sequence[str], units: str) -> list[str]:
@@ -436,7 +460,7 @@ def tabulate_text(body: list[list[str]], header: Sequence[str], colalign: Sequen
 
 def text_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions, tablefmt: str = "simple") -> str:
     """The table as text (any tabulate ``tablefmt``), with a totals row, its notes and the uncounted list."""
-    options.validate(timed=root.time is not None)
+    options.validate(timed=root.time is not None, training=root.backward is not None)
     options, deeper = resolve_depth(root, options)
     top = scope(root, options)
     columns = options.columns

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from profiler.export import layer_records, to_csv_text, to_dict, to_json_text
+from profiler.export import layer_records, to_csv_text, to_dict
 from profiler.html import html_table
 from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table
 from hooks import ModuleInfo, Record
@@ -34,8 +35,11 @@ class ProfileResult(tuple):
         times: Mapping[str, float] | None = None,
         uncounted: Sequence[Uncounted] = (),
         ret_layer_info: bool = False,
+        *,
+        backward: Sequence[Record] | None = None,
+        activations: Mapping[str, int] | None = None,
     ):
-        parts = (tuple(modules), tuple(records), times)
+        parts = (tuple(modules), tuple(records), times, backward, activations)
         totals = sum_counts(parts[1])
         values = (totals.macs, sum(info.params for info in parts[0]))
         root = build_tree(*parts) if ret_layer_info else None
@@ -83,13 +87,15 @@ class ProfileResult(tuple):
         """The layer named ``name`` (as in ``named_modules()``; ``""`` is the model)."""
         return find(self.root, name)
 
+    _default_columns = DEFAULT_COLUMNS
+
     def _options(self, depth, columns, sort_by, top, units, layer) -> TableOptions:
         if columns is None:
-            columns = DEFAULT_COLUMNS + (TIME_COLUMNS if self.root.time is not None else ())
+            columns = self._default_columns + (TIME_COLUMNS if self.root.time is not None else ())
         elif isinstance(columns, str):
             columns = [c.strip() for c in columns.split(",")]
         options = TableOptions(depth, tuple(columns), sort_by, top, units, layer)
-        options.validate(timed=self.root.time is not None)
+        options.validate(timed=self.root.time is not None, training=self.root.backward is not None)
         return options
 
     def table(
@@ -139,7 +145,7 @@ class ProfileResult(tuple):
 
     def to_json(self, path: str | Path | None = None) -> str:
         """:meth:`to_dict` as JSON; also written to ``path`` when given."""
-        text = to_json_text(self.root, self.uncounted)
+        text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             Path(path).write_text(text)
         return text

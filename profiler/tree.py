@@ -60,6 +60,16 @@ class Layer:
     """Seconds in this layer's subtree (``measure_time=True``): own time plus the children's."""
     own_time: float | None = None
     """Seconds in this layer minus the time of its children's calls."""
+    backward: Counts | None = None
+    """A training profile's backward work in this layer's subtree (None in a forward profile)."""
+    own_backward: Counts | None = None
+    """The backward operators this layer's own forward made necessary, and its recomputed forward."""
+    backward_functions: tuple[FunctionStat, ...] = ()
+    backward_uncounted_calls: int = 0
+    """Backward operators in this layer's subtree that had no rule."""
+    activation_bytes: int | None = None
+    """Bytes autograd saved for the backward in this layer's subtree (a training profile)."""
+    own_activation_bytes: int | None = None
 
     @property
     def uncounted(self) -> bool:
@@ -91,15 +101,20 @@ def _parent(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def build_tree(
-    modules: Iterable[ModuleInfo], records: Iterable[Record], times: Mapping[str, float] | None = None
-) -> Layer:
-    """The layer tree: one node per module not covered by an ancestor's rule.
+def _function_stats(by_function: Mapping[str, list[Record]]) -> tuple[FunctionStat, ...]:
+    return tuple(
+        FunctionStat(
+            function,
+            len(recs),
+            sum_counts(recs),
+            "uncounted" if any(r.status == "uncounted" for r in recs) else recs[0].status,
+        )
+        for function, recs in by_function.items()
+    )
 
-    ``times`` maps layer names to measured seconds inside them; a layer's own time is that minus
-    its children's, so a container that never runs itself (a ``ModuleList``) shows its children's.
-    """
-    modules = list(modules)
+
+def _grouped(records: Iterable[Record]) -> tuple[dict[str, list[Record]], dict[str, dict[str, list[Record]]]]:
+    """Module calls by layer, and torch function calls by layer and function."""
     by_module: dict[str, list[Record]] = defaultdict(list)
     by_function: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
@@ -107,6 +122,28 @@ def build_tree(
             by_module[record.name].append(record)
         else:
             by_function[record.name][record.function].append(record)
+    return by_module, by_function
+
+
+def build_tree(
+    modules: Iterable[ModuleInfo],
+    records: Iterable[Record],
+    times: Mapping[str, float] | None = None,
+    backward: Iterable[Record] | None = None,
+    activations: Mapping[str, int] | None = None,
+) -> Layer:
+    """The layer tree: one node per module not covered by an ancestor's rule.
+
+    ``times`` maps layer names to measured seconds inside them; a layer's own time is that minus
+    its children's, so a container that never runs itself (a ``ModuleList``) shows its children's.
+    ``backward`` (the backward's records) and ``activations`` (bytes saved for the backward, by
+    layer) come from a training profile.
+    """
+    modules = list(modules)
+    by_module, by_function = _grouped(records)
+    training = backward is not None
+    backward_modules, backward_functions = _grouped(backward or ())
+    activations = activations or {}
 
     subtree_params: dict[str, int] = defaultdict(int)
     for info in modules:
@@ -128,17 +165,25 @@ def build_tree(
     def build(name: str) -> Layer:
         info = infos[name]
         calls = by_module.get(name, [])
-        functions = tuple(
-            FunctionStat(
-                function,
-                len(recs),
-                sum_counts(recs),
-                "uncounted" if any(r.status == "uncounted" for r in recs) else recs[0].status,
-            )
-            for function, recs in by_function.get(name, {}).items()
-        )
+        functions = _function_stats(by_function.get(name, {}))
         own = sum_counts([*calls, *(f.counts for f in functions)])
         kids = tuple(build(child) for child in children.get(name, ()))
+        training_fields = {}
+        if training:
+            recomputed = backward_modules.get(name, [])
+            bwd_functions = _function_stats(backward_functions.get(name, {}))
+            own_backward = sum_counts([*recomputed, *(f.counts for f in bwd_functions)])
+            own_bytes = activations.get(name, 0)
+            training_fields = dict(
+                own_backward=own_backward,
+                backward=sum_counts([own_backward, *(k.backward for k in kids)]),
+                backward_functions=bwd_functions,
+                backward_uncounted_calls=sum(r.status == "uncounted" for r in recomputed)
+                + sum(f.calls for f in bwd_functions if f.status == "uncounted")
+                + sum(k.backward_uncounted_calls for k in kids),
+                own_activation_bytes=own_bytes,
+                activation_bytes=own_bytes + sum(k.activation_bytes for k in kids),
+            )
         own_time = time = None
         if times is not None:
             children_time = sum(k.time for k in kids)
@@ -169,6 +214,7 @@ def build_tree(
             + sum(k.uncounted_calls for k in kids),
             time=time,
             own_time=own_time,
+            **training_fields,
         )
 
     return build(modules[0].name)

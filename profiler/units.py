@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["clever_format", "format_count", "format_rate", "format_seconds", "UNITS"]
+__all__ = ["clever_format", "format_bytes", "format_count", "format_rate", "format_seconds", "UNITS"]
 
 UNITS = ("human", "exact")
 
@@ -38,6 +38,16 @@ def format_count(n: int, units: str = "human") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}"
     return str(n)
+
+
+def format_bytes(n: int, units: str = "human") -> str:
+    """``"exact"``: ``24,576``; ``"human"``: binary units, as memory is sold: ``24.00 KiB``, ``1.50 GiB``."""
+    if units == "exact":
+        return f"{n:,}"
+    for power, suffix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if abs(n) >= 1024**power:
+            return f"{n / 1024**power:.2f} {suffix}"
+    return f"{n} B"
 
 
 def format_seconds(seconds: float) -> str:

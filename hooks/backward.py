@@ -1,0 +1,245 @@
+"""Capture of one training step: the forward, the tensors autograd saves for the backward, and the
+backward itself, each attributed to a layer.
+
+The forward is counted as :func:`hooks.capture.capture_forward` counts it, in training mode with
+grad enabled. While it runs, a ``saved_tensors_hooks`` pack hook sees every tensor autograd keeps
+for the backward: its storage, counted once, is an activation of the innermost running layer
+(the model's parameters and buffers are not: they are in memory anyway).
+
+The backward runs in autograd's engine, where no module hook fires. Every autograd node gets a
+sequence number when the forward creates it, in increasing order, so the module hooks note the
+sequence number each time the innermost running layer changes; the node running an operator in the
+backward (``torch._C._current_autograd_node()``) then names its layer by a binary search. A
+parameter's gradient accumulation belongs to the layer owning the parameter. The backward's aten
+operators are counted by :func:`hooks.aten.aten_rule`, the aten-level rules (FlopCounterMode's
+formulas for matmul-like work). A forward recomputed during the backward
+(``torch.utils.checkpoint``) runs its Python again: the hooks and the function mode count it as a
+forward, into the backward's records.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hooks.aten import AtenCounter
+from hooks.capture import (
+    _TRACED, Capture, CaptureError, RuleError, _capture_error, _module_infos, _plan, _Recorder, attached, gc_paused,
+)
+from hooks.records import Record
+from hooks.registry import Resolver
+
+__all__ = ["LossError", "StepCapture", "capture_step"]
+
+_ACCUMULATE = 2**64 - 1  # the sequence number of an AccumulateGrad node (a parameter's gradient)
+_next_sequence_nr: Callable[[], int] = getattr(torch.autograd, "_get_sequence_nr", None) or getattr(
+    torch._C._autograd, "_get_sequence_nr", None)
+
+
+class LossError(ValueError):
+    """The loss is not something a backward can start from: not a scalar, or it needs no grad."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepCapture:
+    """What one training step left behind: the forward's capture, the backward's records (the
+    operators it ran, by layer, and any forward it recomputed) and each layer's activation bytes."""
+
+    forward: Capture
+    backward: tuple[Record, ...]
+    activations: dict[str, int]
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    """A key for the memory ``tensor`` keeps alive, and its size in bytes: its storage (views share
+    one), or the tensor itself for a layout that has no single storage (sparse, nested)."""
+    try:
+        storage = tensor.untyped_storage()
+        return storage._cdata, storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return id(tensor), tensor.numel() * tensor.element_size()
+
+
+class _StepRecorder(_Recorder):
+    """The forward's recorder, plus the layer changes by sequence number, the activations, and
+    the backward's operators."""
+
+    def __init__(self, function_rules: dict, planned: list, model: nn.Module) -> None:
+        super().__init__(function_rules, planned)
+        self.root = planned[0].name
+        self.seqs = [-1]  # sequence numbers at which the innermost running layer changed...
+        self.owners: list[str | None] = [None]  # ...and the layer from then on (None: none ran)
+        self.param_owner: dict[int, str] = {}
+        ruler = self.root
+        for p in planned:
+            if not p.covered:
+                ruler = p.name  # a covered module's parameters belong to the ancestor whose rule covers it
+            for parameter in p.module._parameters.values():
+                if parameter is not None:
+                    self.param_owner.setdefault(id(parameter), ruler)
+        self.seen = {_storage(t)[0] for t in (*model.parameters(), *model.buffers())}
+        self.activations: dict[str, int] = {}
+        self.forward_records: list[Record] = []
+        self.in_backward = False
+        self.backward_counter = AtenCounter(self._count_backward)
+        self.last_layer = self.root  # the layer whose backward ran last, for errors
+
+    def _mark(self) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        top = self.stack[-1][0] if self.stack else None
+        if top != self.owners[-1]:
+            self.seqs.append(_next_sequence_nr())
+            self.owners.append(top)
+
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        super().pre_hook(module, args)
+        self._mark()
+
+    def post_hook(self, *args: Any) -> None:
+        super().post_hook(*args)
+        self._mark()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor autograd saves for the backward: an activation of the innermost layer, once per storage."""
+        if not self.in_backward and threading.get_ident() == self.thread:
+            key, nbytes = _storage(tensor)
+            if key not in self.seen:
+                self.seen.add(key)
+                name = self.stack[-1][0] if self.stack else self.root
+                self.activations[name] = self.activations.get(name, 0) + nbytes
+        return tensor
+
+    @contextmanager
+    def loss_in_model(self, model: nn.Module) -> Iterator[None]:
+        """The loss is computed in the model's own row: its torch calls are counted there."""
+        self.stack.append([self.root, 0, model, (), _TRACED, len(self.records)])
+        self._mark()
+        try:
+            yield
+        finally:
+            self.stack.pop()
+            self._mark()
+
+    def start_backward(self) -> None:
+        self.forward_records, self.records = self.records, []
+        self.in_backward = True
+
+    def _owner(self, node: Any) -> str:
+        if node is None:
+            return self.root
+        seq = node._sequence_nr()
+        if seq == _ACCUMULATE:
+            return self.param_owner.get(id(getattr(node, "variable", None)), self.root)
+        return self.owners[bisect_right(self.seqs, seq) - 1] or self.root
+
+    def _count_backward(self, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """An operator of the backward: a layer's forward recomputed (checkpointing) is counted by
+        the hooks and the function mode as it runs; anything else by the node running it."""
+        if self.stack:
+            return
+        name = self.last_layer = self._owner(torch._C._current_autograd_node())
+        self._count_operator_in([name, 0], op, args, kwargs, out)
+
+
+@contextmanager
+def _step_undone(model: nn.Module) -> Iterator[None]:
+    """The parameters' gradients, the buffers (BatchNorm's running statistics) and the global
+    random state as they were before the body, also when it raises. Gradients start as None in
+    the body, as after ``optimizer.zero_grad()``: the backward writes them instead of adding."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    grads = [p.grad for p in params]
+    buffers = [(module, name, buffer, buffer.detach().clone())
+               for module in model.modules() for name, buffer in module._buffers.items() if buffer is not None]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        for p in params:
+            p.grad = None
+        yield
+    finally:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        with torch.no_grad():
+            for module, name, buffer, saved in buffers:
+                module._buffers[name] = buffer
+                buffer.copy_(saved)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[Any], torch.Tensor],
+                 resolver: Resolver) -> StepCapture:
+    """Run ``call()`` (one forward of ``model``) in training mode with grad enabled, ``loss_fn`` on
+    its output, and the backward of that loss, all counted; the model comes back as it was
+    (training flags, gradients, buffers, the random state), also when any of them raises.
+
+    ``loss_fn`` returns a scalar tensor that requires grad, or raises ``ValueError`` saying why it
+    cannot. An error in the forward is a :class:`CaptureError` naming the layer, as in
+    :func:`hooks.capture.capture_forward`; in the loss or the backward, one saying so.
+    """
+    if _next_sequence_nr is None:
+        raise RuntimeError(f"profile_training needs torch.autograd._get_sequence_nr (torch >= 2.1); "
+                           f"this is torch {torch.__version__}")
+    with gc_paused():
+        notes: list[str] = []
+        planned = _plan(model, resolver, notes)
+        recorder = _StepRecorder(resolver.function_rules, planned, model)
+        modules = list({id(p.module): p.module for p in planned}.values())
+        stage = "forward"
+        try:
+            try:
+                with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True, modules=modules,
+                              training=True), _step_undone(model), recorder:
+                    with torch.autograd.graph.saved_tensors_hooks(recorder.pack, _unpacked):
+                        output = call()
+                        stage = "loss"
+                        with recorder.loss_in_model(model):
+                            loss = loss_fn(output)
+                        _check_loss(loss)
+                    stage = "backward"
+                    recorder.start_backward()
+                    torch._C._push_on_torch_dispatch_stack(recorder.backward_counter)
+                    try:
+                        loss.backward()
+                    finally:
+                        torch._C._pop_torch_dispatch_stack(None)
+            finally:
+                recorder.close()
+        except (RuleError, LossError):
+            raise
+        except Exception as exc:
+            if stage == "forward":
+                raise _capture_error(recorder, exc) from exc
+            if stage == "loss":
+                raise CaptureError(f"the loss raised {type(exc).__name__}: {exc}") from exc
+            raise CaptureError(f"the backward raised {type(exc).__name__} in the backward of "
+                               f"{'the model' if not recorder.last_layer else repr(recorder.last_layer)}: {exc}") from exc
+        if recorder.rule_error is not None:
+            raise recorder.rule_error
+        forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
+                          tuple(notes), recorder.ran_nothing)
+        return StepCapture(forward, tuple(recorder.records), recorder.activations)
+
+
+def _check_loss(loss: Any) -> None:
+    if not isinstance(loss, torch.Tensor):
+        raise LossError(f"the loss must be a tensor, not {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise LossError(f"the loss must be a scalar (one element), not a tensor of shape {list(loss.shape)}; "
+                        "reduce it, e.g. loss=lambda out: out.sum()")
+    if not loss.requires_grad:
+        raise LossError("the loss does not require grad: every parameter is frozen (requires_grad=False) and no "
+                        "input requires grad, or the loss was computed without grad; there is no backward to count")
+
+
+def _unpacked(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor

@@ -1,0 +1,210 @@
+"""``profile_training()``: the cost of one training step, forward and backward, per layer, and the
+memory the step needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map_only
+
+from hooks import REGISTRY, ModuleInfo, Record
+from hooks.backward import LossError, capture_step
+from hooks.counts import count_value
+from profiler.api import _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
+from profiler.render import TRAINING_COLUMNS
+from profiler.result import ProfileResult
+from profiler.tree import Uncounted, sum_counts, uncounted_summary
+from profiler.units import format_bytes, format_count
+
+__all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "default_loss", "profile_training"]
+
+# Optimizer state kept per trainable parameter, in tensors of the parameter's shape and dtype.
+OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class StepMemory:
+    """Bytes a training step holds at its peak, before the backward frees the activations:
+    the parameters and buffers, a gradient per trainable parameter, the optimizer's state and the
+    activations saved for the backward. Temporary buffers of single operators are not included."""
+
+    parameters: int
+    buffers: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.buffers + self.gradients + self.optimizer_state + self.activations
+
+    def to_dict(self) -> dict[str, int]:
+        return {"parameters": self.parameters, "buffers": self.buffers, "gradients": self.gradients,
+                "optimizer_state": self.optimizer_state, "activations": self.activations, "total": self.total}
+
+    def __str__(self) -> str:
+        return "\n".join(f"{name.replace('_', ' '):<16} {format_bytes(value):>12}"
+                         for name, value in self.to_dict().items())
+
+
+class TrainingResult(ProfileResult):
+    """A :class:`ProfileResult` of one training step: ``macs, params`` unpack as for ``profile()``
+    (the forward's MACs), and the backward's counts, the activations and the step's memory are
+    added; tables show ``bwd_flops`` and ``act_bytes`` by default."""
+
+    memory: StepMemory
+    _default_columns = TRAINING_COLUMNS
+
+    def __new__(cls, modules: Sequence[ModuleInfo], records: Sequence[Record], backward: Sequence[Record],
+                activations: Mapping[str, int], uncounted: Sequence[Uncounted], memory: StepMemory):
+        self = super().__new__(cls, modules, records, None, uncounted, backward=tuple(backward),
+                               activations=dict(activations))
+        self._backward = sum_counts(backward)
+        self.memory = memory
+        return self
+
+    @property
+    def backward_macs(self) -> int:
+        """MACs of the backward's matmul-like work (the gradients' matmuls, a recomputed forward's)."""
+        return self._backward.macs
+
+    @property
+    def backward_flops(self) -> int:
+        return self._backward.flops
+
+    @property
+    def backward_matmul_flops(self) -> int:
+        """FLOPs of the backward's matmul-like work: what FlopCounterMode counts in ``.backward()``."""
+        return self._backward.matmul_flops
+
+    @property
+    def training_flops(self) -> int:
+        """Forward plus backward FLOPs: one training step, the optimizer's update aside."""
+        return self.total_flops + self.backward_flops
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes autograd saved for the backward, each storage once, parameters and buffers excluded."""
+        return self.memory.activations
+
+    def to_dict(self) -> dict[str, Any]:
+        report = super().to_dict()
+        report["memory"] = self.memory.to_dict()
+        return report
+
+    def __repr__(self) -> str:
+        return (f"TrainingResult(macs={format_count(self.total_macs, 'exact')}, "
+                f"training_flops={format_count(self.training_flops, 'exact')}, "
+                f"params={format_count(self.total_params, 'exact')}, memory={format_bytes(self.memory.total)}"
+                + (f", uncounted={sum(u.calls for u in self.uncounted)} calls" if self.uncounted else "") + ")")
+
+
+def default_loss(output: Any) -> torch.Tensor:
+    """The model's own loss when its output carries one (Hugging Face models given ``labels``),
+    else the sum of every floating-point tensor in the output that requires grad."""
+    own = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if isinstance(own, torch.Tensor) and own.requires_grad:
+        return own
+    tensors = [t for t in tree_leaves(output)
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    if not tensors:
+        raise LossError("the model's output holds no floating-point tensor that requires grad, so there is no "
+                        "backward to count: is every parameter frozen? Or pass loss=lambda output: ...")
+    loss = tensors[0].sum()
+    for tensor in tensors[1:]:
+        loss = loss + tensor.sum()
+    return loss
+
+
+def _unique(tensors) -> list[torch.Tensor]:
+    return list({id(t): t for t in tensors}.values())
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def step_memory(model: nn.Module, activations: int, optimizer: str | Callable | None) -> StepMemory:
+    """The memory of a training step of ``model`` with ``optimizer``: see :class:`StepMemory`."""
+    params = _unique(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    if optimizer is None:
+        state = 0
+    elif callable(optimizer):
+        state = 0
+        for p in trainable:
+            state += count_value(optimizer(p), f"optimizer({tuple(p.shape)} parameter)")
+    elif optimizer in OPTIMIZERS:
+        state = OPTIMIZERS[optimizer] * sum(_nbytes(p) for p in trainable)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}, or a callable "
+                         "giving the bytes of state it keeps for a parameter")
+    return StepMemory(
+        parameters=sum(_nbytes(p) for p in params),
+        buffers=sum(_nbytes(b) for b in _unique(model.buffers())),
+        gradients=sum(_nbytes(p) for p in trainable),
+        optimizer_state=state,
+        activations=activations,
+    )
+
+
+def _leaf(tensor: torch.Tensor) -> torch.Tensor:
+    """An input that requires grad as a leaf of its own: the backward stops at the model's inputs
+    (it costs their gradients, not the graph that made them) and leaves the caller's ``.grad`` alone."""
+    return tensor.detach().requires_grad_() if tensor.requires_grad else tensor
+
+
+def profile_training(
+    model: nn.Module,
+    inputs: Any = None,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+    input_size: Any = None,
+    input_dtype: torch.dtype | None = None,
+    optimizer: str | Callable[[nn.Parameter], int] | None = None,
+    custom_ops: Mapping[type, Callable] | None = None,
+    strict: bool = False,
+) -> TrainingResult:
+    """Count one training step of ``model``: a forward in training mode with grad enabled, the
+    loss, and its backward, per layer; and the memory the step needs.
+
+    ``inputs``, ``kwargs``, ``input_size``, ``input_dtype``, ``custom_ops`` and ``strict`` are as in
+    :func:`profiler.profile`. ``loss(output)`` gives the scalar to differentiate (default
+    :func:`default_loss`: the output's own ``loss``, else the sum of its floating-point tensors);
+    it is counted in the model's own row. ``optimizer`` ("sgd", "sgd_momentum", "adam", "adamw",
+    or ``fn(parameter) -> bytes``) sizes the optimizer state in :attr:`TrainingResult.memory`.
+
+    The backward is measured, not estimated: the operators autograd runs, each counted by the
+    aten-level rules and attributed to the layer whose forward made it necessary. A frozen layer
+    costs only its input's gradient, the first layer no input gradient, a checkpointed block its
+    forward twice. The model comes back as it was: training flags, every parameter's ``.grad``,
+    buffers (BatchNorm's running statistics) and the global random state.
+    """
+    if isinstance(model, type):
+        raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a callable loss(output) -> scalar tensor, not {loss!r}")
+    if optimizer is not None and not callable(optimizer) and optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}, or a callable "
+                         "giving the bytes of state it keeps for a parameter")
+    args = forward_arguments(model, inputs, input_size, input_dtype, kwargs)
+    forward_kwargs = dict(kwargs or {})
+    _check_devices(model, args, forward_kwargs)
+    args, forward_kwargs = tree_map_only(torch.Tensor, _leaf, (args, forward_kwargs))
+    resolver = REGISTRY.resolver(_custom_rules(custom_ops))
+
+    step = capture_step(model, lambda: model(*args, **forward_kwargs), loss or default_loss, resolver)
+    uncounted = uncounted_summary(step.forward.records) + tuple(
+        Uncounted(f"backward {u.kind}", u.name, u.calls, u.layers) for u in uncounted_summary(step.backward))
+    check_counted(step.forward, uncounted, strict, training=True)
+    warn_uncounted(uncounted)
+    memory = step_memory(model, sum(step.activations.values()), optimizer)
+    return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
+                          memory)

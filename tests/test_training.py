@@ -1,0 +1,428 @@
+"""profile_training: one training step counted per layer, against closed forms and FlopCounterMode
+around the same forward and ``.backward()``; activations against saved_tensors_hooks; the model
+untouched whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import assert_unchanged, load_example, snapshot
+from profiler import CaptureError, UncountedError, profile, profile_training
+from test_properties import random_models
+
+transformers = pytest.importorskip("transformers")
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
+
+
+def fcm_step(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
+    """FlopCounterMode's FLOPs for one forward and ``.backward()`` of the default loss."""
+    with FlopCounterMode(display=False) as counter:
+        out = model(*args, **(kwargs or {}))
+        loss = out.loss if getattr(out, "loss", None) is not None else out.sum()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def step_matmul(result) -> int:
+    return result.matmul_flops + result.backward_matmul_flops
+
+
+# --- closed forms
+
+
+def test_mlp_backward_matmuls_closed_form():
+    model, x = mlp(), torch.rand(32, 64)
+    result = profile_training(model, (x,))
+    # each Linear's backward: weight gradient and input gradient, both the size of its forward;
+    # the first layer's input needs no gradient
+    assert result.backward_matmul_flops == 2 * (2 * 32 * 64 * 128) + 2 * (2 * 32 * 128 * 64) - 2 * 32 * 128 * 64
+    assert result.layer("0").backward.matmul_flops == 2 * 32 * 64 * 128
+    assert result.layer("2").backward.matmul_flops == 2 * (2 * 32 * 128 * 64)
+    assert result.backward_macs == result.backward_matmul_flops // 2
+    assert result.training_flops == result.total_flops + result.backward_flops
+
+
+def test_frozen_first_layer_costs_only_the_second_weight_gradient():
+    model, x = mlp(), torch.rand(32, 64)
+    model[0].requires_grad_(False)
+    result = profile_training(model, (x,))
+    assert result.backward_matmul_flops == 2 * 32 * 128 * 64
+    assert result.layer("0").backward.matmul_flops == 0
+
+
+def test_activation_bytes_closed_form():
+    model, x = mlp(), torch.rand(32, 64)
+    result = profile_training(model, (x,))
+    # the first layer's input, and ReLU's output (also the second layer's input, counted once)
+    assert result.activation_bytes == 32 * 64 * 4 + 32 * 128 * 4 == 24_576
+    assert result.memory.activations == result.activation_bytes == result.root.activation_bytes
+    assert sum(layer.own_activation_bytes for layer in result.layers) == result.activation_bytes
+
+
+def test_memory_for_each_optimizer():
+    model, x = mlp(), torch.rand(32, 64)
+    model[0].requires_grad_(False)
+    trainable = 4 * (128 * 64 + 64)
+    everything = 4 * (64 * 128 + 128) + trainable
+    for optimizer, tensors in ((None, 0), ("sgd", 0), ("sgd_momentum", 1), ("adam", 2), ("adamw", 2)):
+        memory = profile_training(model, (x,), optimizer=optimizer).memory
+        assert (memory.parameters, memory.gradients, memory.optimizer_state) == (everything, trainable, tensors * trainable)
+        # with the first layer frozen, only the second layer's input is saved (for its weight gradient)
+        assert memory.activations == 32 * 128 * 4
+        assert memory.total == everything + trainable + tensors * trainable + memory.activations
+    custom = profile_training(model, (x,), optimizer=lambda p: 3 * p.numel()).memory
+    assert custom.optimizer_state == 3 * (128 * 64 + 64)
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'.*adamw"):
+        profile_training(model, (x,), optimizer="lion")
+
+
+# --- FlopCounterMode: forward + backward matmul FLOPs
+
+
+def tiny_gpt2(attn: str = "eager") -> nn.Module:
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                     attn_implementation=attn)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_llama(attn: str = "eager") -> nn.Module:
+    config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                      attn_implementation=attn)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config)
+
+
+class LoRALinear(nn.Module):
+    """A frozen base Linear plus a trainable low-rank update: y = base(x) + x A^T B^T."""
+
+    def __init__(self, base: nn.Module, rank: int = 4) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(rank, base.in_features) * 0.01)
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.A.T @ self.B.T
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(32, 64)
+        self.b = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.inp = nn.Linear(16, 32)
+        self.block = Block()
+        self.out = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(checkpoint(self.block, self.inp(x), use_reentrant=self.reentrant))
+
+
+def lora_gpt2() -> nn.Module:
+    model = tiny_gpt2().requires_grad_(False)
+    for block in model.transformer.h:
+        block.attn.c_attn = LoRALinear(nn.Linear(64, 192))
+    return model
+
+
+IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+CASES = {
+    "seed model": lambda: (load_example("transformer_flops").seed_model()[0], (torch.rand(10, 32, 64),), {}),
+    "resnet18": lambda: (torchvision.models.resnet18(), (torch.rand(2, 3, 64, 64),), {}),
+    "transformer encoder": lambda: (nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                                          enable_nested_tensor=False), (torch.rand(2, 10, 32),), {}),
+    "gpt2": lambda: (tiny_gpt2(), (), {"input_ids": IDS, "labels": IDS}),
+    "llama gqa": lambda: (tiny_llama(), (), {"input_ids": IDS, "labels": IDS}),
+    "gpt2 lora": lambda: (lora_gpt2(), (), {"input_ids": IDS, "labels": IDS}),
+    "checkpoint": lambda: (Checkpointed(reentrant=False), (torch.rand(4, 16),), {}),
+    "checkpoint reentrant": lambda: (Checkpointed(reentrant=True), (torch.rand(4, 16),), {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_plus_backward_matmuls_equal_flop_counter(case):
+    model, args, kwargs = CASES[case]()
+    model.train()
+    before = snapshot(model)
+    result = profile_training(model, args, kwargs=kwargs)
+    assert_unchanged(model, before)
+    assert result.backward_matmul_flops > 0
+    assert step_matmul(result) == fcm_step(model, args, kwargs)
+
+
+def test_lora_costs_less_than_full_fine_tuning():
+    full = profile_training(tiny_gpt2(), kwargs={"input_ids": IDS, "labels": IDS})
+    lora = profile_training(lora_gpt2(), kwargs={"input_ids": IDS, "labels": IDS})
+    # frozen weights need no weight gradient: the 64 -> 64 projection (c_proj) of a frozen block
+    # costs its input gradient only, 2 * 24 * 64 * 64 FLOPs
+    proj = lora.layer("transformer.h.1.attn.c_proj")
+    assert proj.backward.matmul_flops == 2 * 24 * 64 * 64
+    assert full.layer("transformer.h.1.attn.c_proj").backward.matmul_flops == 2 * (2 * 24 * 64 * 64)
+    assert lora.backward_matmul_flops < full.backward_matmul_flops
+
+
+def test_checkpoint_recomputes_the_block_forward():
+    model, x = Checkpointed(reentrant=True), torch.rand(4, 16)
+    result = profile_training(model, (x,))
+    plain = profile_training(nn.Sequential(model.inp, model.block, model.out), (x,))
+    block = result.layer("block")
+    # the block's forward runs once more in the backward, on top of the same gradients
+    assert block.backward.matmul_flops == plain.layer("1").backward.matmul_flops + block.total.matmul_flops
+    assert block.activation_bytes == 0  # nothing saved inside a checkpointed block
+
+
+def leaves_against_flop_counter(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
+    """Each leaf layer's forward + backward matmul FLOPs against FlopCounterMode's per-module count."""
+    model.train()
+    result = profile_training(model, args, kwargs=kwargs)
+    with FlopCounterMode(display=False) as counter:
+        out = model(*args, **(kwargs or {}))
+        (out.loss if getattr(out, "loss", None) is not None else out.sum()).backward()
+    per_module = counter.get_flop_counts()
+    compared = 0
+    for layer in result.layers:
+        key = f"{type(model).__name__}.{layer.name}"
+        if layer.children or not layer.name or key not in per_module:
+            continue
+        assert layer.total.matmul_flops + layer.backward.matmul_flops == sum(per_module[key].values()), layer.name
+        compared += 1
+    return compared
+
+
+def test_per_layer_against_flop_counter_per_module():
+    # FlopCounterMode attributes a backward to modules by hooks on their outputs and inputs, which
+    # is exact for layers in a chain; parallel branches (a ResNet's downsample) blur it, so these
+    # are chains
+    assert leaves_against_flop_counter(tiny_gpt2(), kwargs={"input_ids": IDS, "labels": IDS}) == 9
+    vgg = torchvision.models.vgg11(num_classes=10)
+    assert leaves_against_flop_counter(vgg, (torch.rand(1, 3, 32, 32),)) == 8 + 3
+
+
+# --- activations against an independent saved_tensors_hooks count
+
+
+def saved_bytes(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> int:
+    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(*args, **(kwargs or {}))
+    del out
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("case", ["gpt2", "resnet18"])
+def test_activation_bytes_equal_saved_tensors(case):
+    model, args, kwargs = CASES[case]()
+    model.train()
+    torch.manual_seed(1)
+    result = profile_training(model, args, kwargs=kwargs)
+    torch.manual_seed(1)
+    assert result.activation_bytes == saved_bytes(model, args, kwargs)
+    assert sum(layer.own_activation_bytes for layer in result.layers) == result.activation_bytes
+
+
+# --- the model untouched
+
+
+def grads(model: nn.Module) -> list:
+    return [(name, None if p.grad is None else (id(p.grad), p.grad.clone())) for name, p in model.named_parameters()]
+
+
+def same_grads(before: list, after: list) -> bool:
+    return all(
+        a[0] == b[0] and (a[1] is None) == (b[1] is None) and (a[1] is None or (a[1][0] == b[1][0] and torch.equal(a[1][1], b[1][1])))
+        for a, b in zip(before, after)
+    )
+
+
+class RaisesInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ArithmeticError("backward tripped")
+
+
+OUTCOMES = ("succeeds", "forward raises", "loss raises", "backward raises")
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_model_comes_back_unchanged(outcome, data):
+    built = data.draw(random_models(), label="model")
+    model, plan = built.model, built.trip.plan
+    for p in model.parameters():
+        if data.draw(st.booleans(), label="has a gradient"):
+            p.grad = torch.randn_like(p)
+    if outcome == "forward raises":
+        plan.error, plan.at = ValueError("tripped"), 1
+    x = built.x.requires_grad_(data.draw(st.booleans(), label="input requires grad"))
+    before, before_grads, rng = snapshot(model), grads(model), torch.get_rng_state()
+
+    def loss(out):
+        if outcome == "loss raises":
+            raise KeyError("no such output")
+        out = RaisesInBackward.apply(out) if outcome == "backward raises" else out
+        return out.sum() + sum(p.sum() for p in model.parameters() if p.requires_grad)
+
+    trainable = x.requires_grad or any(p.requires_grad for p in model.parameters())
+    expected = {"forward raises": CaptureError, "loss raises": CaptureError,
+                "backward raises": CaptureError if trainable else ValueError}.get(outcome, None if trainable else ValueError)
+    with pytest.raises(expected) if expected else contextlib.nullcontext():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profile_training(model, (x,), loss=loss)
+    assert_unchanged(model, before)
+    assert same_grads(before_grads, grads(model))
+    assert x.grad is None
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_batchnorm_statistics_and_rng_restored():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model[1].running_mean.fill_(0.5)
+    x = torch.rand(2, 3, 8, 8)
+    before, rng = snapshot(model), torch.get_rng_state()
+    profile_training(model, (x,))
+    assert_unchanged(model, before)  # running_mean, running_var and num_batches_tracked included
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model[1].num_batches_tracked.item() == 0
+
+
+def test_errors_name_the_problem():
+    model, x = mlp(), torch.rand(4, 64)
+    with pytest.raises(ValueError, match="scalar.*shape \\[4, 64\\]"):
+        profile_training(model, (x,), loss=lambda out: out)
+    with pytest.raises(ValueError, match="no floating-point tensor that requires grad.*is every parameter frozen"):
+        profile_training(mlp().requires_grad_(False), (x,))
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        profile_training(model, (x,), loss="mse")
+    with pytest.raises(CaptureError, match="the loss raised IndexError"):
+        profile_training(model, (x,), loss=lambda out: out["logits"])
+
+
+def test_a_training_profile_holds_the_model_alone():
+    model, x = mlp(), torch.rand(4, 64)
+
+    class Inner(nn.Module):
+        def forward(self, y):
+            profile(model, (x,))  # a second profile of the model while the first runs
+            return y
+
+    with pytest.raises(CaptureError, match="nested profiling"):
+        profile_training(nn.Sequential(model, Inner()), (x,))
+
+
+# --- reports
+
+
+def test_tables_and_exports_carry_the_training_columns():
+    model, x = mlp(), torch.rand(32, 64)
+    result = profile_training(model, (x,), optimizer="adam")
+    header = result.table().splitlines()[0]
+    assert "Bwd FLOPs" in header and "Act. bytes" in header
+    ranked = result.table(sort_by="bwd_flops", columns="layer,bwd_flops")
+    assert ranked.splitlines()[2].startswith("2 ")  # the second Linear: both of its gradients
+    report = json.loads(result.to_json())
+    totals = report["totals"]
+    assert totals["backward_matmul_flops"] == result.backward_matmul_flops
+    assert totals["training_flops"] == totals["flops"] + totals["backward_flops"]
+    assert totals["activation_bytes"] == 24_576
+    assert report["memory"]["total"] == result.memory.total
+    assert "activation_bytes" in result.to_csv().splitlines()[0]
+    assert "Bwd FLOPs" in result.html()
+    with pytest.raises(ValueError, match="bwd_flops needs a training profile"):
+        profile(model, (x,)).table(columns="layer,bwd_flops")
+
+
+def test_strict_names_backward_operators_without_a_rule():
+    class Unruled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.fft.irfft(torch.fft.rfft(grad), n=grad.shape[-1])  # operators no rule counts
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return Unruled.apply(self.fc(x))
+
+    with pytest.raises(UncountedError, match="backward function aten._fft_r2c"):
+        profile_training(Model(), (torch.rand(2, 4),), strict=True)
+
+
+# --- the meta device
+
+
+def test_llama_70b_training_on_meta():
+    code = """
+import resource, sys, torch, transformers
+sys.path.insert(0, "tests"); sys.path.insert(0, "examples")
+from torch.utils.flop_counter import FlopCounterMode
+from llm_on_meta import llama_70b_config
+from profiler import profile_training
+config = llama_70b_config()
+config._attn_implementation = "eager"
+with torch.device("meta"):
+    model = transformers.LlamaForCausalLM(config)
+ids = torch.zeros(1, 4096, dtype=torch.long, device="meta")
+result = profile_training(model, kwargs={"input_ids": ids, "labels": ids}, optimizer="adamw")
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before FlopCounterMode's own run
+with FlopCounterMode(display=False) as counter:
+    model(input_ids=ids, labels=ids).loss.backward()
+print(result.total_params, result.matmul_flops + result.backward_matmul_flops, counter.get_total_flops(),
+      result.memory.parameters, result.memory.optimizer_state, rss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    params, ours, theirs, param_bytes, state_bytes, rss_kib = map(int, out)
+    d, ffn, layers, vocab, kv = 8192, 28672, 80, 128256, 8 * 128
+    assert params == vocab * d + layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d) + d + d * vocab
+    assert ours == theirs
+    assert (param_bytes, state_bytes) == (4 * params, 2 * 4 * params)
+    assert rss_kib < 2 * 1024 * 1024
