@@ -21,7 +21,8 @@ from torch import nn
 
 from profiler import __version__
 from profiler.api import profile
-from profiler.render import COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, SORT_KEYS, TableOptions
+from profiler.render import COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, SORT_KEYS, TRAINING_COLUMNS, TableOptions
+from profiler.training import OPTIMIZERS, profile_training, training_summary
 from profiler.units import UNITS
 
 __all__ = ["main", "build_parser", "load_object"]
@@ -37,6 +38,7 @@ examples:
   python -m profiler torchvision.models:vgg11 --arg num_classes=10 --input-size 1,3,64,64 --format json
   python -m profiler examples/my_models.py:Net --arg width=64 --input-size 8,32 --input-size 8,4 \\
       --measure-time --vs-thop
+  python -m profiler examples/my_models.py:Net --input-size 8,32 --input-size 8,4 --train --optimizer adam
 """
 
 
@@ -81,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, help="timed forward passes for --measure-time (default 5)")
     parser.add_argument("--vs-thop", action="store_true",
                         help="also compare every layer with thop (needs thop; not with --format csv)")
+    parser.add_argument("--train", action="store_true",
+                        help="count a training step: forward, the sum of the outputs as the loss, and backward; "
+                        "adds backward FLOPs, activation bytes and the step's memory")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
+                        help="with --train: size the optimizer state in the memory line (default: none)")
     return parser
 
 
@@ -212,9 +219,14 @@ def run(argv: Sequence[str] | None = None) -> str:
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
     table_flags = [flag for flag, value in (("--depth", args.depth), ("--columns", args.columns), ("--sort", args.sort),
                                             ("--top", args.top)) if value is not None]
-    options = TableOptions(args.depth, columns or DEFAULT_COLUMNS, args.sort, args.top, args.units)
+    if args.optimizer is not None and not args.train:
+        raise UsageError("--optimizer goes with --train")
+    if args.train and (args.measure_time or args.vs_thop):
+        raise UsageError(f"--train does not go with {'--measure-time' if args.measure_time else '--vs-thop'}")
+    options = TableOptions(args.depth, columns or (TRAINING_COLUMNS if args.train else DEFAULT_COLUMNS), args.sort,
+                           args.top, args.units)
     try:
-        options.validate(timed=True)
+        options.validate(timed=True, training=args.train)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.format in ("json", "csv") and table_flags:
@@ -229,7 +241,10 @@ def run(argv: Sequence[str] | None = None) -> str:
         raise UsageError(f"building {args.model} failed: {type(exc).__name__}: {exc}") from exc
     input_size = sizes if len(sizes) > 1 else sizes[0]
     try:
-        result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time, **timing)
+        if args.train:
+            result = profile_training(model, input_size=input_size, input_dtype=dtype, optimizer=args.optimizer)
+        else:
+            result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time, **timing)
         table_options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
         if args.format == "json":
             data = result.to_dict()
@@ -245,6 +260,8 @@ def run(argv: Sequence[str] | None = None) -> str:
             return text
         tablefmt = {"text": "simple", "markdown": "github"}.get(args.format, args.format)
         text = result.table(args.depth, tablefmt=tablefmt, **table_options)
+        if args.train:
+            text += "\n\n" + training_summary(result, args.units)
         if args.vs_thop:
             text += "\n\n" + _comparison(model, input_size, dtype).table(tablefmt=tablefmt)
         return text

@@ -169,10 +169,24 @@ def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
                stat.status, (), (), None, stat.counts, stat.status == "uncounted")
 
 
+def _has_own_training_work(layer: Layer) -> bool:
+    return layer.own_backward is not None and bool(
+        layer.own_backward.flops or layer.own_activation_bytes or any(f.status == "uncounted" for f in layer.backward_functions))
+
+
+def _backward_row(layer: Layer, prefix: str) -> Row:
+    """In a training table, what a layer's own torch calls cost in the backward and saved for it
+    (its function rows show their forward), so a parent's row is still the sum of the rows under it."""
+    uncounted = any(f.status == "uncounted" for f in layer.backward_functions)
+    return Row(prefix, "(backward)", "", layer.depth + 1, 0, "backward", (), (), None, Counts(), False, None,
+               layer.own_backward, uncounted, layer.own_activation_bytes)
+
+
 def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
     """Tree rows down to ``depth`` levels below ``root`` (None: all). A layer that has children
-    shows the torch functions it called itself as rows of their own, so each parent row is the
-    sum of the rows under it. ``root`` is labelled with its full name (the model with its type)."""
+    shows the torch functions it called itself as rows of their own (and, in a training profile,
+    a ``(backward)`` row for their backward and saved tensors), so each parent row is the sum of
+    the rows under it. ``root`` is labelled with its full name (the model with its type)."""
 
     def visit(layer: Layer, lead: str, glyph: str, label: str | None = None) -> Iterator[Row]:
         yield _layer_row(layer, lead + glyph, label)
@@ -180,11 +194,15 @@ def rows(root: Layer, depth: int | None = None) -> Iterator[Row]:
             return
         functions = layer.functions if layer.children else ()
         entries = [("function", f) for f in functions] + [("layer", c) for c in layer.children]
+        if layer.children and _has_own_training_work(layer):
+            entries.insert(len(functions), ("backward", layer))
         child_lead = lead + ("" if not glyph else "│  " if glyph == "├─ " else "   ")
         for i, (kind, entry) in enumerate(entries):
             child_glyph = "└─ " if i == len(entries) - 1 else "├─ "
             if kind == "function":
                 yield _function_row(entry, layer.depth + 1, child_lead + child_glyph)
+            elif kind == "backward":
+                yield _backward_row(entry, child_lead + child_glyph)
             else:
                 yield from visit(entry, child_lead, child_glyph)
 
@@ -315,6 +333,8 @@ def cell(row: Row, column: str, root: Layer, units: str) -> str:
     """One cell as text, on one line; percentages are of ``root`` (the table's scope)."""
     if column == "layer":
         return row.prefix + printable(row.label) + (f" ×{row.calls}" if row.calls > 1 else "")
+    if row.status == "backward" and column not in _NEEDS_TRAINING:
+        return ""  # a layer's own backward: it has no forward, shape or parameters of its own
     if column == "type":
         return printable(display_name(row.type))
     if column == "input_shape":

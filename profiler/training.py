@@ -20,7 +20,7 @@ from profiler.result import ProfileResult
 from profiler.tree import Uncounted, sum_counts, uncounted_summary
 from profiler.units import format_bytes, format_count
 
-__all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "default_loss", "profile_training"]
+__all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "default_loss", "profile_training", "training_summary"]
 
 # Optimizer state kept per trainable parameter, in tensors of the parameter's shape and dtype.
 OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
@@ -101,6 +101,23 @@ class TrainingResult(ProfileResult):
                 f"training_flops={format_count(self.training_flops, 'exact')}, "
                 f"params={format_count(self.total_params, 'exact')}, memory={format_bytes(self.memory.total)}"
                 + (f", uncounted={sum(u.calls for u in self.uncounted)} calls" if self.uncounted else "") + ")")
+
+
+def training_summary(result: TrainingResult, units: str = "human") -> str:
+    """Two lines under a training table: the step's FLOPs, and its memory by part."""
+    memory = result.memory
+
+    def count(n: int) -> str:
+        return format_count(n, units)
+
+    def size(n: int) -> str:
+        return format_bytes(n, units) + (" bytes" if units == "exact" else "")
+
+    return (f"Training step: {count(result.training_flops)} FLOPs (forward {count(result.total_flops)}, "
+            f"backward {count(result.backward_flops)})\n"
+            f"Memory: {size(memory.total)} (parameters {size(memory.parameters)}, gradients "
+            f"{size(memory.gradients)}, optimizer {size(memory.optimizer_state)}, activations "
+            f"{size(memory.activations)}" + (f", buffers {size(memory.buffers)}" if memory.buffers else "") + ")")
 
 
 def default_loss(output: Any) -> torch.Tensor:

@@ -426,3 +426,20 @@ print(result.total_params, result.matmul_flops + result.backward_matmul_flops, c
     assert ours == theirs
     assert (param_bytes, state_bytes) == (4 * params, 2 * 4 * params)
     assert rss_kib < 2 * 1024 * 1024
+
+
+def test_cli_train(capsys):
+    from profiler.cli import main
+
+    argv = ["examples/my_models.py:Net", "--input-size", "8,32", "--input-size", "8,4", "--train", "--optimizer",
+            "adam", "--units", "exact"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    model = load_example("my_models").Net()
+    torch.manual_seed(0)
+    result = profile_training(model, (torch.rand(8, 32), torch.rand(8, 4)), optimizer="adam")
+    assert f"Training step: {result.training_flops:,} FLOPs" in out
+    assert f"Memory: {result.memory.total:,} bytes" in out
+    assert "Bwd FLOPs" in out.splitlines()[0]
+    assert main(["examples/my_models.py:Net", "--input-size", "8,32", "--input-size", "8,4", "--optimizer", "adam"]) == 2
+    assert "--optimizer goes with --train" in capsys.readouterr().err
