@@ -443,3 +443,38 @@ def test_cli_train(capsys):
     assert "Bwd FLOPs" in out.splitlines()[0]
     assert main(["examples/my_models.py:Net", "--input-size", "8,32", "--input-size", "8,4", "--optimizer", "adam"]) == 2
     assert "--optimizer goes with --train" in capsys.readouterr().err
+
+
+def test_another_thread_cannot_profile_the_model_during_a_training_profile():
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class Waits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            started.set()
+            release.wait(10)
+            return self.fc(x)
+
+    model, x = Waits(), torch.rand(2, 4)
+    before = snapshot(model)
+    errors = []
+    worker = threading.Thread(target=lambda: profile_training(model, (x,)))
+    worker.start()
+    started.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match="being profiled in another thread by profile_training"):
+            profile(model, (x,))
+        try:
+            profile_training(model, (x,))
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    finally:
+        release.set()
+        worker.join()
+    assert errors and "needs the model alone" in errors[0]
+    assert_unchanged(model, before)
