@@ -15,9 +15,18 @@ forward-hook profiler. ``modules`` and ``functions`` count the module calls and 
 calls per forward, which is what the parts pay for. The parts are differences of medians: on a
 noisy machine a small one can come out below zero, and is shown as ``~0`` (the JSON keeps it).
 
+``--train`` times one training step instead: a plain one (``model.train()``, a forward, the loss
+``profile_training`` takes by default, ``.backward()``, ``zero_grad``), ``profile_training`` and
+``FlopCounterMode`` around the plain step, as ratios to the plain step. ``exact`` says whether
+``profile_training``'s forward and backward matmul FLOPs equal FlopCounterMode's total; where the
+step ran a fused CPU kernel FlopCounterMode has no formula for (SDPA's flash kernel, mkldnn's LSTM),
+FlopCounterMode counts 0 for it and the check is ``n/a (fused kernel)``. A model that cannot train
+(no floating-point output that requires grad) is skipped, with the reason.
+
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
     python examples/benchmark.py --scale     # 1,000 and 10,000 small modules; 100 calls of one shared cell
+    python examples/benchmark.py --train     # one training step; with --quick or --models too
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import math
 import platform
 import statistics
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable
@@ -36,10 +46,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from hooks import REGISTRY, capture_forward
-from profiler import profile
+from profiler import profile, profile_training
+from profiler.training import default_loss
 
 
 class Call(nn.Module):
@@ -312,12 +324,134 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _step(model, args):
+    """One plain training step, with the loss ``profile_training`` takes by default."""
+    model.train()
+    default_loss(model(*args)).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _ours_training(model, args):
+    profile_training(model, args)
+
+
+def _flop_counter_step(model, args):
+    with FlopCounterMode(display=False):
+        _step(model, args)
+
+
+TRAINING_TOOLS = {"plain": _step, "profile_training": _ours_training, "FlopCounterMode": _flop_counter_step}
+FUSED_KERNELS = ("aten._scaled_dot_product_flash_attention_for_cpu",
+                 "aten._scaled_dot_product_flash_attention_for_cpu_backward",
+                 "aten.mkldnn_rnn_layer", "aten.mkldnn_rnn_layer_backward")
+"""CPU kernels FlopCounterMode has no formula for, so counts as 0: SDPA's flash kernel and mkldnn's LSTM."""
+
+
+class _Kernels(TorchDispatchMode):
+    """The aten operators a call runs, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def fused_kernels(model: nn.Module, args: tuple) -> list[str]:
+    """The kernels of :data:`FUSED_KERNELS` that one plain training step runs, unless FlopCounterMode
+    has come to count them."""
+    counted = {str(op) for op in FlopCounterMode(display=False).flop_registry}
+    with _Kernels() as kernels:
+        _step(model, args)
+    return sorted(kernels.names.intersection(FUSED_KERNELS) - counted)
+
+
+def measure_training(name: str, repeats: int, warmup: int) -> dict:
+    """One training step of a zoo model timed plain, under ``profile_training`` and under
+    FlopCounterMode; or, for a model that cannot train, the reason it was skipped."""
+    model, args = {**ZOO, **SCALE}[name]()
+    try:
+        _step(model, args)
+    except Exception as exc:  # no loss to differentiate, or a forward that refuses training mode
+        return {"model": name, "skipped": f"{type(exc).__name__}: {exc}"}
+    runs: dict[str, list[float]] = {tool: [] for tool in TRAINING_TOOLS}
+    for _ in range(warmup):
+        for fn in TRAINING_TOOLS.values():
+            fn(model, args)
+    start = time.perf_counter()
+    _step(model, args)
+    number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
+    for _ in range(repeats):
+        for tool, fn in TRAINING_TOOLS.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn(model, args)
+            runs[tool].append((time.perf_counter() - start) / number)
+    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    result = profile_training(model, args)
+    with FlopCounterMode(display=False) as counter:
+        _step(model, args)
+    ours, theirs = result.matmul_flops + result.backward_matmul_flops, counter.get_total_flops()
+    fused = fused_kernels(model, args)
+    plain = medians["plain"]
+    return {
+        "model": name,
+        "step_ms": 1e3 * plain,
+        "ratios": {tool: medians[tool] / plain for tool in TRAINING_TOOLS if tool != "plain"},
+        "added_ms": 1e3 * (medians["profile_training"] - plain),
+        "hookprof_matmul_flops": ours,
+        "flop_counter_flops": theirs,
+        "fused_kernels": fused,
+        "exact": ours == theirs if not fused else None,  # None: FlopCounterMode counts the fused kernels as 0
+    }
+
+
+TRAINING_TARGET = "target: geometric mean at most 1.3x a plain step, and below FlopCounterMode on every model"
+
+
+def exact_cell(exact: bool | None) -> str:
+    """``yes``/``no``, or ``n/a (fused kernel)`` where FlopCounterMode is no reference."""
+    return "n/a (fused kernel)" if exact is None else "yes" if exact else "no"
+
+
+def training_report(rows: list[dict]) -> str:
+    """Each tool's cost over a plain training step, whether the counts agree, and the models skipped."""
+    tools = [t for t in TRAINING_TOOLS if t != "plain"]
+    timed = [r for r in rows if "skipped" not in r]
+    lines = []
+    if timed:
+        geo = {t: math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in timed)) for t in tools}
+        table = [[r["model"], f"{r['step_ms']:.1f}ms", *(f"{r['ratios'][t]:.2f}x" for t in tools),
+                  format_ms(r["added_ms"]), exact_cell(r["exact"])] for r in timed]
+        lines += _table(["model", "step", *tools, "added", "exact"], table,
+                        [["geometric mean", "", *(f"{geo[t]:.2f}x" for t in tools), "", ""]])
+        lines.append(worst_line(timed, tools))
+        above = [r["model"] for r in timed if r["ratios"]["profile_training"] >= r["ratios"]["FlopCounterMode"]]
+        lines.append(textwrap.fill("profile_training at or above FlopCounterMode on: " + ", ".join(above), WIDTH,
+                                   subsequent_indent="  ") if above
+                     else "profile_training below FlopCounterMode on every model")
+        if any(r["added_ms"] < 0 for r in timed):
+            lines.append("~0: measured below zero, a difference of medians within the timing noise")
+        fused = sorted({k for r in timed for k in r["fused_kernels"]})
+        if fused:
+            lines.append(textwrap.fill("n/a (fused kernel): FlopCounterMode counts 0 for " + ", ".join(fused),
+                                       WIDTH, subsequent_indent="  "))
+    lines += [textwrap.fill(f"skipped {r['model']}: {r['skipped']}", WIDTH, subsequent_indent="  ")
+              for r in rows if "skipped" in r]
+    lines.append(TRAINING_TARGET)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
     parser.add_argument("--models", help="comma-separated subset of: " + ", ".join([*ZOO, *SCALE]))
     parser.add_argument("--scale", action="store_true", help="the scaling models instead of the zoo: "
                         "1,000 and 10,000 small modules, 100 calls of one shared cell")
+    parser.add_argument("--train", action="store_true", help="one training step: a plain one, profile_training "
+                        "and FlopCounterMode, and whether their matmul FLOPs agree")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the results")
@@ -334,13 +468,15 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.quick else 7)
     rows = []
     for name in names:
-        rows.append(measure(name, repeats, warmup=1))
-        print(f"measured {name}", file=sys.stderr)
+        rows.append((measure_training if args.train else measure)(name, repeats, warmup=1))
+        print(f"skipped {name}" if "skipped" in rows[-1] else f"measured {name}", file=sys.stderr)
+    baseline = "plain training step" if args.train else "plain no-grad forward"
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-          f"torch {torch.__version__}\ncost = profiling call / plain no-grad forward (median of {repeats})")
-    print(report(rows))
+          f"torch {torch.__version__}\ncost = profiling call / {baseline} (median of {repeats})")
+    print(training_report(rows) if args.train else report(rows))
     with open(args.json, "w") as f:
-        json.dump({"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+        json.dump({"train": args.train, "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}, f,
+                  indent=2)
 
 
 if __name__ == "__main__":

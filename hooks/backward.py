@@ -29,10 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hooks.aten import AtenCounter
+from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.capture import (
-    _TRACED, Capture, CaptureError, RuleError, _capture_error, _module_infos, _plan, _Recorder, attached, gc_paused,
+    _TRACED, Capture, CaptureError, RuleError, _capture_error, _has_sparse, _is_floating, _layer, _module_infos,
+    _new_record, _plan, _Recorder, attached, gc_paused,
 )
+from hooks.counts import checked
 from hooks.records import Record
 from hooks.registry import Resolver
 
@@ -50,11 +52,14 @@ class LossError(ValueError):
 @dataclass(frozen=True, slots=True)
 class StepCapture:
     """What one training step left behind: the forward's capture, the backward's records (the
-    operators it ran, by layer, and any forward it recomputed) and each layer's activation bytes."""
+    operators it ran, by layer, and any forward it recomputed), each layer's activation bytes, and
+    the model's parameters and buffers."""
 
     forward: Capture
     backward: tuple[Record, ...]
     activations: dict[str, int]
+    parameters: tuple[torch.Tensor, ...]  # the model's, each once
+    buffers: tuple[torch.Tensor, ...]
 
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int]:
@@ -71,7 +76,7 @@ class _StepRecorder(_Recorder):
     """The forward's recorder, plus the layer changes by sequence number, the activations, and
     the backward's operators."""
 
-    def __init__(self, function_rules: dict, planned: list, model: nn.Module) -> None:
+    def __init__(self, function_rules: dict, planned: list, tensors: list[torch.Tensor]) -> None:
         super().__init__(function_rules, planned)
         self.root = planned[0].name
         self.seqs = [-1]  # sequence numbers at which the innermost running layer changed...
@@ -84,7 +89,7 @@ class _StepRecorder(_Recorder):
             for parameter in p.module._parameters.values():
                 if parameter is not None:
                     self.param_owner.setdefault(id(parameter), ruler)
-        self.seen = {_storage(t)[0] for t in (*model.parameters(), *model.buffers())}
+        self.seen = {_storage(t)[0] for t in tensors}  # the parameters and buffers: not activations
         self.activations: dict[str, int] = {}
         self.forward_records: list[Record] = []
         self.in_backward = False
@@ -131,6 +136,7 @@ class _StepRecorder(_Recorder):
     def start_backward(self) -> None:
         self.forward_records, self.records = self.records, []
         self.in_backward = True
+        self.shapes = False
 
     def _owner(self, node: Any) -> str:
         if node is None:
@@ -145,19 +151,40 @@ class _StepRecorder(_Recorder):
         the hooks and the function mode as it runs; anything else by the node running it."""
         if self.stack:
             return
-        name = self.last_layer = self._owner(torch._C._current_autograd_node())
-        self._count_operator_in([name, 0], op, args, kwargs, out)
+        try:
+            rule = self.aten_rules[op]
+        except KeyError:
+            rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
+        if rule is not None and rule.free:  # most of a backward: views, transposes, detaches
+            return
+        layer = self.last_layer = self._owner(torch._C._current_autograd_node())
+        with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
+            if not _is_floating(out):
+                return
+            name = self.names.get(op) or self.names.setdefault(op, op_name(op))
+            if rule is None or kwargs or _has_sparse(args) or torch._C._functorch.peek_interpreter_stack() is not None:
+                self._count_call([layer, 0], name, op, rule, args, kwargs, out)
+                return
+            try:  # the common case of _count_call, on the path every backward operator takes
+                counts = checked(rule.fn(args, kwargs, out))
+            except Exception as exc:
+                raise self._rule_error(f"rule {rule.name} failed on {name} in the backward of {_layer(layer)}: {exc}") from exc
+            self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name)))
+
+
+def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:
+    """Every parameter (``kind="_parameters"``) or buffer of ``modules``, each once."""
+    return list({id(t): t for m in modules for t in getattr(m, kind).values() if t is not None}.values())
 
 
 @contextmanager
-def _step_undone(model: nn.Module) -> Iterator[None]:
+def _step_undone(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterator[None]:
     """The parameters' gradients, the buffers (BatchNorm's running statistics) and the global
     random state as they were before the body, also when it raises. Gradients start as None in
     the body, as after ``optimizer.zero_grad()``: the backward writes them instead of adding."""
-    params = list({id(p): p for p in model.parameters()}.values())
     grads = [p.grad for p in params]
     buffers = [(module, name, buffer, buffer.detach().clone())
-               for module in model.modules() for name, buffer in module._buffers.items() if buffer is not None]
+               for module in modules for name, buffer in module._buffers.items() if buffer is not None]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
@@ -192,13 +219,14 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
     with gc_paused():
         notes: list[str] = []
         planned = _plan(model, resolver, notes)
-        recorder = _StepRecorder(resolver.function_rules, planned, model)
         modules = list({id(p.module): p.module for p in planned}.values())
+        params, buffers = _tensors(modules, "_parameters"), _tensors(modules, "_buffers")
+        recorder = _StepRecorder(resolver.function_rules, planned, [*params, *buffers])
         stage = "forward"
         try:
             try:
                 with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True, modules=modules,
-                              training=True), _step_undone(model), recorder:
+                              training=True), _step_undone(modules, params), recorder:
                     with torch.autograd.graph.saved_tensors_hooks(recorder.pack, _unpacked):
                         output = call()
                         stage = "loss"
@@ -227,7 +255,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
             raise recorder.rule_error
         forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
                           tuple(notes), recorder.ran_nothing)
-        return StepCapture(forward, tuple(recorder.records), recorder.activations)
+        return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers))
 
 
 def _check_loss(loss: Any) -> None:

@@ -421,6 +421,8 @@ class _Recorder(TorchFunctionMode):
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             self._count_call(frame, name, op, rule, args, kwargs, out)
 
+    shapes = True  # records keep the call's shapes (a backward's records do without: no table shows them)
+
     def _count_call(self, frame: list, name: str, func: Any, rule: Rule | None, args: tuple, kwargs: dict, out: Any) -> None:
         """One record for a function or operator call in ``frame``'s layer; no rule is uncounted."""
         status = "counted"
@@ -443,10 +445,9 @@ class _Recorder(TorchFunctionMode):
                 ) from exc
             if torch._C._functorch.peek_interpreter_stack() is not None:
                 counts = _scaled(counts, _vmap_size(out))
-        self.records.append(
-            Record(frame[0], name, name, status, shapes_of(args), shapes_of(out),
-                   counts.macs, counts.flops, counts.matmul_flops, rule.name if status == "counted" else None)
-        )
+        self.records.append(_new_record((
+            frame[0], name, name, status, shapes_of(args) if self.shapes else (), shapes_of(out) if self.shapes else (),
+            counts.macs, counts.flops, counts.matmul_flops, rule.name if status == "counted" else None)))
 
     def _name_in_caller(self, module: nn.Module, names: tuple[str, ...]) -> str:
         """Of a shared module's names, the nearest one under the innermost running layer that

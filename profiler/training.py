@@ -137,17 +137,13 @@ def default_loss(output: Any) -> torch.Tensor:
     return loss
 
 
-def _unique(tensors) -> list[torch.Tensor]:
-    return list({id(t): t for t in tensors}.values())
-
-
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def step_memory(model: nn.Module, activations: int, optimizer: str | Callable | None) -> StepMemory:
-    """The memory of a training step of ``model`` with ``optimizer``: see :class:`StepMemory`."""
-    params = _unique(model.parameters())
+def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], activations: int,
+                optimizer: str | Callable | None) -> StepMemory:
+    """The memory of a training step with ``optimizer``: see :class:`StepMemory`."""
     trainable = [p for p in params if p.requires_grad]
     if optimizer is None:
         state = 0
@@ -162,7 +158,7 @@ def step_memory(model: nn.Module, activations: int, optimizer: str | Callable | 
                          "giving the bytes of state it keeps for a parameter")
     return StepMemory(
         parameters=sum(_nbytes(p) for p in params),
-        buffers=sum(_nbytes(b) for b in _unique(model.buffers())),
+        buffers=sum(_nbytes(b) for b in buffers),
         gradients=sum(_nbytes(p) for p in trainable),
         optimizer_state=state,
         activations=activations,
@@ -222,6 +218,6 @@ def profile_training(
         Uncounted(f"backward {u.kind}", u.name, u.calls, u.layers) for u in uncounted_summary(step.backward))
     check_counted(step.forward, uncounted, strict, training=True)
     warn_uncounted(uncounted)
-    memory = step_memory(model, sum(step.activations.values()), optimizer)
+    memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
                           memory)

@@ -78,3 +78,69 @@ def test_no_noise_note_without_negative_parts():
 
 def test_report_fits_100_columns(report):
     assert max(len(line) for line in report.splitlines()) <= benchmark.WIDTH == 100
+
+
+TRAINING_TOOLS = [t for t in benchmark.TRAINING_TOOLS if t != "plain"]
+
+
+def training_row(model: str, step_ms: float, ratios: tuple[float, float], exact: bool | None) -> dict:
+    """A row as ``measure_training()`` returns it; ``exact`` None: the step ran a fused kernel."""
+    fused = ["aten._scaled_dot_product_flash_attention_for_cpu"] if exact is None else []
+    return {"model": model, "step_ms": step_ms, "ratios": dict(zip(TRAINING_TOOLS, ratios)),
+            "added_ms": step_ms * (ratios[0] - 1), "hookprof_matmul_flops": 10,
+            "flop_counter_flops": 10 if exact else 8, "fused_kernels": fused, "exact": exact}
+
+
+TRAINING_ROWS = [
+    training_row("shufflenet_v2_x1_0", 90.0, (1.21, 1.60), exact=True),
+    training_row("llama", 40.0, (1.12, 1.05), exact=None),
+    training_row("chain_10k_linear128x32", 75.0, (1.35, 1.90), exact=False),
+    {"model": "frozen", "skipped": "LossError: the model's output holds no floating-point tensor that requires "
+                                   "grad, so there is no backward to count: is every parameter frozen?"},
+]
+
+
+@pytest.fixture(scope="module")
+def training_report() -> str:
+    return benchmark.training_report(TRAINING_ROWS)
+
+
+def test_training_table_ratios_exact_and_geometric_means(training_report):
+    lines = training_report.splitlines()
+    assert lines[0].split() == ["model", "step", *TRAINING_TOOLS, "added", "exact"]
+    cells = {line.split()[0]: line for line in lines[2:2 + 3]}
+    timed = TRAINING_ROWS[:3]
+    for r in timed:
+        shown = [f"{r['step_ms']:.1f}ms", *(f"{r['ratios'][t]:.2f}x" for t in TRAINING_TOOLS)]
+        assert cells[r["model"]].split()[1:4] == shown
+    assert cells["shufflenet_v2_x1_0"].endswith(" yes")
+    assert cells["chain_10k_linear128x32"].endswith(" no")
+    assert cells["llama"].endswith(" n/a (fused kernel)")
+    geo = next(line for line in lines if line.startswith("geometric mean"))
+    means = [math.exp(statistics.fmean(math.log(r["ratios"][t]) for r in timed)) for t in TRAINING_TOOLS]
+    assert geo.split()[2:] == [f"{m:.2f}x" for m in means]
+
+
+def test_training_report_names_worst_above_skipped_and_target(training_report):
+    (worst,) = re.findall(r"^worst: .*(?:\n {7}.*)*", training_report, flags=re.MULTILINE)
+    for tool in TRAINING_TOOLS:
+        top = max(TRAINING_ROWS[:3], key=lambda r: r["ratios"][tool])
+        assert f"{tool} {top['ratios'][tool]:.2f}x on {top['model']}" in worst
+    assert "profile_training at or above FlopCounterMode on: llama" in training_report
+    assert "n/a (fused kernel): FlopCounterMode counts 0 for aten._scaled_dot_product_flash_attention_for_cpu" \
+        in training_report
+    assert "skipped frozen: LossError: the model's output holds no floating-point tensor" in training_report
+    assert "frozen" not in training_report.split("skipped frozen")[0]  # not in the table nor the means
+    assert training_report.splitlines()[-1] == (
+        "target: geometric mean at most 1.3x a plain step, and below FlopCounterMode on every model")
+    assert max(len(line) for line in training_report.splitlines()) <= benchmark.WIDTH
+
+
+def test_training_report_below_flop_counter_everywhere():
+    report = benchmark.training_report([r for r in TRAINING_ROWS if r["model"] != "llama"])
+    assert "profile_training below FlopCounterMode on every model" in report
+    assert "n/a (fused kernel)" not in report
+
+
+def test_training_report_all_skipped():
+    assert benchmark.training_report(TRAINING_ROWS[3:]).splitlines()[-1].startswith("target: ")

@@ -257,6 +257,16 @@ TIMED_JSON = flag_run(*NET, "--measure-time", "--repeats", "1", "--format", "jso
 VS_THOP_TEXT = flag_run(*NET, "--vs-thop")
 VS_THOP_JSON = flag_run(*NET, "--vs-thop", "--format", "json")
 FORMAT_RUNS = {fmt: flag_run(*NET, "--format", fmt) for fmt in FORMATS}
+TRAIN = flag_run(*NET, "--train", "--optimizer", "adamw", "--format", "json")
+
+
+def test_train_json_is_the_training_profile(in_workdir, capsys, models):
+    out = cli_ok(TRAIN, capsys)
+    from profiler import profile_training
+
+    expected = profile_training(models["Net"](), input_size=(3, 4), optimizer="adamw")
+    assert json.loads(out)["totals"] == expected.to_dict()["totals"]
+    assert json.loads(out)["memory"] == expected.memory.to_dict()
 
 
 def test_default_text_table(in_workdir, capsys, models):
