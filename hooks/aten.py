@@ -44,6 +44,8 @@ _SAME_AS: dict[str, Callable] = {
     "_unsafe_index": torch.Tensor.__getitem__,
     "clamp_min": torch.clamp,
     "clamp_max": torch.clamp,
+    "clamp_min_": torch.clamp,  # in place (margin losses): free as clamps are, not pointwise
+    "clamp_max_": torch.clamp,
     "constant_pad_nd": F.pad,
     "_adaptive_avg_pool2d": F.adaptive_avg_pool2d,
     "_adaptive_avg_pool3d": F.adaptive_avg_pool3d,
@@ -52,6 +54,7 @@ _SAME_AS: dict[str, Callable] = {
     "native_dropout": F.dropout,
     "_sparse_mm": torch.mm,
     "_sparse_addmm": torch.addmm,
+    "linalg_vector_norm": torch.linalg.vector_norm,
 }
 
 _OWNERS = (torch, F, torch.Tensor, torch.special, torch.linalg)

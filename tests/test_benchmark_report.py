@@ -88,7 +88,7 @@ def training_row(model: str, step_ms: float, ratios: tuple[float, float], exact:
     fused = ["aten._scaled_dot_product_flash_attention_for_cpu"] if exact is None else []
     return {"model": model, "step_ms": step_ms, "ratios": dict(zip(TRAINING_TOOLS, ratios)),
             "added_ms": step_ms * (ratios[0] - 1), "hookprof_matmul_flops": 10,
-            "flop_counter_flops": 10 if exact else 8, "fused_kernels": fused, "exact": exact}
+            "flop_counter_flops": 10 if exact else 8, "fused_kernels": fused, "grouped_convs": False, "exact": exact}
 
 
 TRAINING_ROWS = [

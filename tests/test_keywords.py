@@ -232,6 +232,167 @@ def _flex() -> Sample:
 if isinstance(FLEX, torch._ops.HigherOrderOperator):
     sample(_flex, FLEX)
 
+# losses: [N, C] = [3, 5] logits and class indices, with every argument that changes the count
+# (weights, a reduction other than the default, smoothing, beta = 0, log targets, batchmean)
+sample(lambda: s(r(3, 5), idx(0, 4, 2), r(5), None, -100, None, "sum", 0.1), F.cross_entropy)
+sample(lambda: s(r(3, 5), idx(0, 4, 2), r(5), None, -100, None, "sum"), F.nll_loss)
+sample(lambda: s(r(3, 5), r(3, 5), None, None, "sum", r(3, 5)), F.mse_loss)
+sample(lambda: s(r(3, 5), r(3, 5), None, None, "sum"), F.l1_loss)  # its weight does not survive __torch_function__
+sample(lambda: s(r(3, 5), r(3, 5), None, None, "sum", 0.0), F.smooth_l1_loss)
+sample(lambda: s(r(3, 5), r(3, 5), "sum", 0.5, r(3, 5)), F.huber_loss)
+sample(lambda: s(r(3, 5), r(3, 5), r(5), None, None, "sum"), F.binary_cross_entropy)
+sample(lambda: s(r(3, 5), r(3, 5), r(5), None, None, "sum", r(5)), F.binary_cross_entropy_with_logits)
+sample(lambda: s(r(3, 5), r(3, 5), None, None, "batchmean", True), F.kl_div)
+sample(lambda: s(r(3, 5), r(3, 5), None, None, "sum"), F.soft_margin_loss)
+sample(lambda: s(r(3), r(3), r(3), 0.5, None, None, "sum"), F.margin_ranking_loss)
+sample(lambda: s(r(3, 5), r(3, 5), r(3), 0.5, None, None, "sum"), F.cosine_embedding_loss)
+# their aten operators, the reduction an at::Reduction (2: sum)
+sample(lambda: s(r(3, 5), idx(0, 4, 2), r(5), 2, -100, 0.1), torch.ops.aten.cross_entropy_loss)
+sample(lambda: s(r(3, 5), idx(0, 4, 2), r(5), 2, -100), torch.ops.aten.nll_loss_forward, torch.ops.aten.nll_loss,
+       torch.ops.aten.nll_loss_nd)
+sample(lambda: s(r(2, 5, 2, 2), idx(0, 4, 2, 1, 3, 0, 1, 2).view(2, 2, 2), r(5), 2, -100),
+       torch.ops.aten.nll_loss2d_forward)
+sample(lambda: s(r(3, 5), r(3, 5), 2), torch.ops.aten.mse_loss, torch.ops.aten.l1_loss, torch.ops.aten.soft_margin_loss)
+sample(lambda: s(r(3, 5), r(3, 5), 2, 0.0), torch.ops.aten.smooth_l1_loss)
+sample(lambda: s(r(3, 5), r(3, 5), 2, 0.5), torch.ops.aten.huber_loss)
+sample(lambda: s(r(3, 5), r(3, 5), r(3, 5), 2), torch.ops.aten.binary_cross_entropy)
+sample(lambda: s(r(3, 5), r(3, 5), r(3, 5), r(5), 2), torch.ops.aten.binary_cross_entropy_with_logits)
+sample(lambda: s(r(3, 5), r(3, 5), 2, log_target=True), torch.ops.aten.kl_div)
+sample(lambda: s(r(3), r(3), r(3), 0.5, 2), torch.ops.aten.margin_ranking_loss)
+sample(lambda: s(r(3, 5), r(3, 5), r(3), 0.5, 2), torch.ops.aten.cosine_embedding_loss)
+
+
+
+# backward operators (hooks.rules.backward): what autograd runs in .backward(), called directly
+A = torch.ops.aten
+
+
+def _norm_stats(kind: str) -> Sample:
+    x, g, c = r(2, 4, 3, 3), r(2, 4, 3, 3), r(4)
+    if kind == "layer":
+        _, mean, rstd = A.native_layer_norm.default(x, [3, 3], r(3, 3), r(3, 3), 1e-5)
+        return s(g, x, [3, 3], mean, rstd, r(3, 3), r(3, 3), [True, True, True])
+    if kind == "group":
+        _, mean, rstd = A.native_group_norm.default(x, c, c, 2, 4, 9, 2, 1e-5)
+        return s(g, x, mean, rstd, c, 2, 4, 9, 2, [True, True, True])
+    running_mean, running_var = torch.zeros(4), torch.ones(4)
+    _, mean, invstd = A.native_batch_norm.default(x, c, c, running_mean, running_var, True, 0.1, 1e-5)
+    extra = (torch.empty(0),) if kind == "batch_norm_backward" else ()
+    return s(g, x, c, running_mean, running_var, mean, invstd, True, 1e-5, [True, True, True], *extra)
+
+
+def _meta_norm(kind: str) -> Sample:
+    x, c = torch.empty(2, 4, 3, 3, device="meta"), torch.empty(4, device="meta")
+    if kind == "rms":
+        weight = torch.empty(3, device="meta")
+        _, rstd = A._fused_rms_norm.default(x, [3], weight, 1e-5)
+        return s(x, x, [3], rstd, weight, [True, True])
+    extra = (torch.empty(0, device="meta"),) if kind == "cudnn" else ()
+    return s(x, x, c, c, c, c, c, 1e-5, *extra)
+
+
+def _embedding_bag(dense: bool) -> Sample:
+    indices, offsets, weight = idx(1, 2, 2, 0, 3), idx(0, 2), r(10, 4)
+    _, offset2bag, bag_size, max_indices = A._embedding_bag.default(weight, indices, offsets, False, 1)
+    bags = idx(0, 0, 1, 1, 1)
+    if dense:
+        return s(r(2, 4), indices, bags, bag_size, max_indices, 10, False, 1, None)
+    return s(r(2, 4), indices, offsets, offset2bag, bag_size, max_indices, 10, False, 1, False, None)
+
+
+def _nll(two_d: bool) -> Sample:
+    logp = r(2, 3, 4, 4).log() if two_d else r(4, 5).log()
+    target = torch.randint(0, 3, (2, 4, 4)) if two_d else idx(0, 1, 4, 2)
+    total_weight = torch.tensor(float(target.numel()))
+    return s(torch.tensor(1.0), logp, target, None, 1, -100, total_weight)
+
+
+def _meta_attention(kind: str) -> Sample:
+    q, k, v = _qkv("meta", torch.float16)
+    out, lse = torch.empty_like(q), torch.empty(2, 2, 3, device="meta")
+    z = torch.empty((), dtype=torch.int64, device="meta")
+    if kind == "flash":
+        return s(out, q, k, v, out, lse, z, z, 3, 5, 0.0, False, z, z)
+    if kind == "efficient":
+        return s(out, q, k, v, None, out, lse, z, z, 0.0, [True, True, True, False])
+    if kind == "cudnn":
+        return s(out, q, k, v, out, lse, z, z, None, None, None, 3, 5, 0.0, False)
+    return s(out, q, k, v, torch.empty(0, device="meta"), [True, True, True, False], out, lse, None, None, 3, 5, 0.0,
+             False, z, z)
+
+
+def _cpu_flash_backward() -> Sample:
+    q, k, v = _qkv()
+    out, lse = A._scaled_dot_product_flash_attention_for_cpu.default(q, k, v)
+    return s(torch.ones_like(out), q, k, v, out, lse, 0.0, False)
+
+
+def _weight_norm() -> Sample:
+    v, g = r(6, 4), r(6, 1)
+    w, norms = A._weight_norm_interface.default(v, g, 0)
+    return s(torch.ones_like(w), v, g, norms, 0)
+
+
+G3, X3 = (lambda: r(2, 3, 4)), (lambda: r(2, 3, 4))
+sample(lambda: s(G3(), X3()), A.hardsigmoid_backward, A.hardswish_backward, A.mish_backward)
+sample(lambda: s(G3(), X3(), 0.01, False), A.leaky_relu_backward)
+sample(lambda: s(G3(), X3(), r(2, 3, 4), 0.1, 0.3, True, False), A.rrelu_with_noise_backward)
+sample(lambda: s(G3(), X3(), r(2, 3, 4)), A.log_sigmoid_backward)
+sample(lambda: s(G3(), X3(), 1.0, 20.0), A.softplus_backward)
+sample(lambda: s(G3(), X3(), r(1, 3, 1)), A._prelu_kernel_backward)
+sample(lambda: s(G3(), r(2, 3, 8), 2), A.glu_backward)
+sample(lambda: s(G3(), 1.0, 1.0, 1.0, False, X3()), A.elu_backward)
+sample(lambda: s(G3(), X3().softmax(-1), -1, torch.float32), A._softmax_backward_data, A._log_softmax_backward_data)
+sample(lambda: s(G3(), X3().softmax(-1), torch.zeros(2, 3, 4, dtype=torch.bool), -1), A._masked_softmax_backward)
+sample(lambda: _norm_stats("layer"), A.native_layer_norm_backward)
+sample(lambda: _norm_stats("group"), A.native_group_norm_backward)
+sample(lambda: _norm_stats("native"), A.native_batch_norm_backward)
+sample(lambda: _norm_stats("batch_norm_backward"), A.batch_norm_backward)
+sample(lambda: _meta_norm("cudnn"), A.cudnn_batch_norm_backward)
+sample(lambda: _meta_norm("miopen"), A.miopen_batch_norm_backward)
+sample(lambda: _meta_norm("rms"), getattr(A, "_fused_rms_norm_backward", None))
+sample(lambda: s(r(1, 2, 3, 3), r(1, 2, 5, 5), [3, 3], [2, 2], [1, 1], False, True, None), A.avg_pool2d_backward)
+sample(lambda: s(r(1, 1, 2, 2, 2), r(1, 1, 4, 4, 4), [2, 2, 2], [2, 2, 2], [0, 0, 0], False, True, None),
+       A.avg_pool3d_backward)
+sample(lambda: s(r(1, 2, 3, 3), r(1, 2, 5, 5)), A._adaptive_avg_pool2d_backward)
+sample(lambda: s(r(1, 1, 2, 2, 2), r(1, 1, 4, 4, 4)), A._adaptive_avg_pool3d_backward)
+for _d, _ops in ((1, (A.upsample_nearest1d_backward, A._upsample_nearest_exact1d_backward)),
+                 (2, (A.upsample_nearest2d_backward, A._upsample_nearest_exact2d_backward)),
+                 (3, (A.upsample_nearest3d_backward, A._upsample_nearest_exact3d_backward))):
+    sample(lambda d=_d: s(r(1, 2, *[4] * d), [4] * d, [1, 2, *[2] * d]), *_ops)
+for _d, _op in ((1, A.upsample_linear1d_backward), (2, A.upsample_bilinear2d_backward),
+                (3, A.upsample_trilinear3d_backward)):
+    sample(lambda d=_d: s(r(1, 2, *[4] * d), [4] * d, [1, 2, *[2] * d], False), _op)
+sample(lambda: s(r(1, 2, 4, 4), [4, 4], [1, 2, 2, 2], False), A.upsample_bicubic2d_backward)
+for _d, _ops in ((1, (A.reflection_pad1d_backward, A.replication_pad1d_backward)),
+                 (2, (A.reflection_pad2d_backward, A.replication_pad2d_backward)),
+                 (3, (A.reflection_pad3d_backward, A.replication_pad3d_backward))):
+    sample(lambda d=_d: s(r(1, 2, *[6] * d), r(1, 2, *[4] * d), [1, 1] * d), *_ops)
+sample(lambda: s(r(3, 3, 3), [3, 8], 1, 3, 2), A.unfold_backward)
+sample(lambda: s(r(1, 8, 9), [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), A.col2im)
+sample(lambda: s(r(3, 4), [5, 4], 0, idx(0, 0, 2)), A.index_select_backward)
+sample(lambda: s(r(2, 4, 8), idx(1, 2, 2, 0).view(1, 4).expand(2, 4), 10, -1, False), A.embedding_dense_backward)
+sample(lambda: _embedding_bag(dense=False), A._embedding_bag_backward)
+sample(lambda: _embedding_bag(dense=True), A._embedding_bag_dense_backward)
+sample(lambda: s(r(2, 4), r(10, 4), idx(1, 2, 2, 0, 3), idx(0, 2), idx(0, 0, 1, 1, 1), 0),
+       A._embedding_bag_per_sample_weights_backward)
+sample(lambda: _nll(two_d=False), A.nll_loss_backward)
+sample(lambda: _nll(two_d=True), A.nll_loss2d_backward)
+sample(lambda: s(torch.tensor(1.0), r(4, 5), r(4, 5), 1), A.mse_loss_backward, A.soft_margin_loss_backward)
+sample(lambda: s(torch.tensor(1.0), r(4, 5), r(4, 5), 1, 1.0), A.smooth_l1_loss_backward, A.huber_loss_backward)
+sample(lambda: s(torch.tensor(1.0), r(4, 5), r(4, 5), r(4, 5), 1), A.binary_cross_entropy_backward)
+sample(_cpu_flash_backward, A._scaled_dot_product_flash_attention_for_cpu_backward)
+sample(lambda: _meta_attention("flash"), getattr(A, "_scaled_dot_product_flash_attention_backward", None))
+sample(lambda: _meta_attention("efficient"), getattr(A, "_scaled_dot_product_efficient_attention_backward", None))
+sample(lambda: _meta_attention("cudnn"), getattr(A, "_scaled_dot_product_cudnn_attention_backward", None))
+sample(lambda: _meta_attention("overrideable"),
+       getattr(A, "_scaled_dot_product_fused_attention_overrideable_backward", None))
+sample(_weight_norm, A._weight_norm_interface_backward)
+sample(lambda: s(r(3, 4), idx(0, 0, 5), r(3), True), A.put)
+# grouped, to show reading groups' effect: weight [Cout, Cin/g, *K]
+sample(lambda: s(r(2, 4, 3, 3), r(2, 4, 5, 5), r(4, 2, 3, 3), [4], [1, 1], [0, 0], [1, 1], False, [0, 0], 2,
+                 [True, True, True]), A.convolution_backward)
+
 
 # --------------------------------------------------------------------------- keyword names
 
