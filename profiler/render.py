@@ -64,7 +64,7 @@ COLUMNS = {
     "act_bytes": "Act. bytes",
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
-TRAINING_COLUMNS = ("layer", "type", "output_shape", "params", "flops", "bwd_flops", "act_bytes")
+TRAINING_COLUMNS = ("layer", "type", "params", "flops", "bwd_flops", "act_bytes")
 """The default columns of a training profile (``profile_training``)."""
 TIME_COLUMNS = ("time", "flops_per_s")
 _NEEDS_TRAINING = ("bwd_flops", "act_bytes")

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from packaging.requirements import Requirement
 
-from profiler import ProfileResult, clever_format, compare_with_thop, profile
+from profiler import ProfileResult, clever_format, compare_with_thop, profile, profile_training
 from profiler.cli import build_parser, main
 from profiler.render import MAX_AUTO_ROWS, MAX_WIDTH, TableOptions, notes
 
@@ -144,6 +144,7 @@ def call_signature(function) -> str:
     ("`result.{}`", ProfileResult.table),
     ("`result.{}`", ProfileResult.html),
     ("`{}`", compare_with_thop),
+    ("`{}`", profile_training),
 ])
 def test_signatures_are_the_codes(written, function):
     assert written.format(call_signature(function)) in README
@@ -175,6 +176,14 @@ def test_comparison_output_is_what_it_prints():
     (block,) = fenced(section("### Comparing with thop"))
     model, x = load_example("transformer_flops").seed_model()
     printed = compare_with_thop(model, inputs=(x,)).table()
+    assert [line.rstrip() for line in block.splitlines()] == [line.rstrip() for line in printed.splitlines()]
+
+
+def test_training_output_is_what_it_prints():
+    (block,) = re.findall(r"^```\n(Layer .*?)^```", section("## What a training step costs"), re.S | re.M)
+    model, x = load_example("transformer_flops").seed_model()
+    step = profile_training(model, inputs=(x,), optimizer="adamw")
+    printed = step.table() + "\n\n" + str(step.memory)
     assert [line.rstrip() for line in block.splitlines()] == [line.rstrip() for line in printed.splitlines()]
 
 
