@@ -20,13 +20,16 @@ noisy machine a small one can come out below zero, and is shown as ``~0`` (the J
 ``FlopCounterMode`` around the plain step, as ratios to the plain step. ``exact`` says whether
 ``profile_training``'s forward and backward matmul FLOPs equal FlopCounterMode's total; where the
 step ran a fused CPU kernel FlopCounterMode has no formula for (SDPA's flash kernel, mkldnn's LSTM),
-FlopCounterMode counts 0 for it and the check is ``n/a (fused kernel)``. A model that cannot train
-(no floating-point output that requires grad) is skipped, with the reason.
+FlopCounterMode counts 0 for it and the check is ``n/a (fused kernel)``; where the model has grouped
+convolutions, whose weight gradients FlopCounterMode counts once per group, ``n/a (grouped conv)``.
+A model that cannot train (no floating-point output that requires grad) is skipped, with the reason.
+``--meta-llama`` adds a LLaMA-70B-shaped step on the meta device, plain and under ``profile_training``.
 
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
     python examples/benchmark.py --scale     # 1,000 and 10,000 small modules; 100 calls of one shared cell
     python examples/benchmark.py --train     # one training step; with --quick or --models too
+    python examples/benchmark.py --train --models seed_transformer --meta-llama   # and LLaMA-70B on meta
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -454,6 +458,43 @@ def training_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure_meta_llama(repeats: int) -> dict:
+    """A LLaMA-70B-shaped training step (4096 tokens, bfloat16) on the meta device, plain and under
+    ``profile_training``: what counting a step costs when no arithmetic runs."""
+    import transformers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llm_on_meta import llama_70b_config
+
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(llama_70b_config()).to(torch.bfloat16)
+    ids = torch.zeros(1, 4096, dtype=torch.long, device="meta")
+
+    def plain():
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def ours():
+        profile_training(model, kwargs={"input_ids": ids, "labels": ids})
+
+    runs = {"plain": [], "profile_training": []}
+    plain(), ours()
+    for _ in range(repeats):
+        for tool, fn in (("plain", plain), ("profile_training", ours)):
+            start = time.perf_counter()
+            fn()
+            runs[tool].append(time.perf_counter() - start)
+    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    return {"plain_s": medians["plain"], "profile_training_s": medians["profile_training"],
+            "ratio": medians["profile_training"] / medians["plain"]}
+
+
+def meta_llama_line(row: dict) -> str:
+    return (f"LLaMA-70B shape, 4096 tokens, bfloat16, meta device: plain step {row['plain_s']:.2f} s, "
+            f"profile_training {row['profile_training_s']:.2f} s ({row['ratio']:.2f}x; target at most 1.3x)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
@@ -462,6 +503,8 @@ def main(argv: list[str] | None = None) -> None:
                         "1,000 and 10,000 small modules, 100 calls of one shared cell")
     parser.add_argument("--train", action="store_true", help="one training step: a plain one, profile_training "
                         "and FlopCounterMode, and whether their matmul FLOPs agree")
+    parser.add_argument("--meta-llama", action="store_true", help="with --train: also a LLaMA-70B-shaped step "
+                        "on the meta device (needs transformers)")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the results")
@@ -484,9 +527,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
           f"torch {torch.__version__}\ncost = profiling call / {baseline} (median of {repeats})")
     print(training_report(rows) if args.train else report(rows))
+    results = {"train": args.train, "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+    if args.train and args.meta_llama:
+        results["meta_llama"] = measure_meta_llama(repeats)
+        print(meta_llama_line(results["meta_llama"]))
     with open(args.json, "w") as f:
-        json.dump({"train": args.train, "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}, f,
-                  indent=2)
+        json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

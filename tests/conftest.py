@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -32,6 +33,17 @@ def load_example(name: str) -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
+
+
+class Call(nn.Module):
+    """A module whose forward is ``fn(*inputs)``: a torch function called inside a forward."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *inputs):
+        return self.fn(*inputs)
 
 class Block(nn.Module):
     """A residual block for the small table models: Linear(8, 8), GELU, and an add."""

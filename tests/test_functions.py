@@ -9,27 +9,15 @@ same product written with ``mm``/``bmm``, named in the case.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_tree_invariant, counted, flop_counter_flops
+from conftest import Call, assert_tree_invariant, counted, flop_counter_flops
 from torch import nn
 
 from hooks import REGISTRY, capture_forward
 from profiler import UncountedWarning, profile
-
-
-class Call(nn.Module):
-    """A module whose forward is ``fn(*inputs)``: a torch function called inside a forward."""
-
-    def __init__(self, fn: Callable) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *inputs):
-        return self.fn(*inputs)
 
 
 def randn(*shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:

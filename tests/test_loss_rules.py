@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import Call
 from hooks import REGISTRY, Registry, capture_forward
 from profiler import profile
 
@@ -24,17 +25,6 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(script|trace|trac
 N, C, H, W = 4, 5, 3, 2
 NC = N * C
 LOG_SOFTMAX = N * 3 * C  # rows of C: C exp, C - 1 adds, a log, C subtractions
-
-
-class Call(nn.Module):
-    """A module whose forward is ``fn(*inputs)``."""
-
-    def __init__(self, fn: Callable) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *inputs):
-        return self.fn(*inputs)
 
 
 def tensors() -> dict[str, torch.Tensor]:
