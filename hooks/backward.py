@@ -237,7 +237,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                     recorder.start_backward()
                     torch._C._push_on_torch_dispatch_stack(recorder.backward_counter)
                     try:
-                        loss.backward()
+                        _run_backward(loss)
                     finally:
                         torch._C._pop_torch_dispatch_stack(None)
             finally:
@@ -256,6 +256,18 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
         forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
                           tuple(notes), recorder.ran_nothing)
         return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers))
+
+
+def _run_backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, straight into autograd's engine. ``Tensor.backward`` would go through
+    the function mode, which steps off the stack while a call it sees runs: a forward recomputed
+    in the backward (``torch.utils.checkpoint``) would run unseen."""
+    with torch._C.DisableTorchFunction():
+        seed = torch.ones_like(loss, memory_format=torch.preserve_format)
+    engine = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    if engine is None:  # torch < 2.3
+        engine = torch.autograd.Variable._execution_engine.run_backward
+    engine((loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True)
 
 
 def _check_loss(loss: Any) -> None:

@@ -154,6 +154,14 @@ def lora_gpt2() -> nn.Module:
     return model
 
 
+def checkpointed_gpt2(reentrant: bool) -> nn.Module:
+    """Hugging Face's own checkpointing: each block's forward runs again in the backward, its
+    Conv1D layers (no module rule) counted by the function mode as it runs."""
+    model = tiny_gpt2()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    return model
+
+
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
 CASES = {
     "seed model": lambda: (load_example("transformer_flops").seed_model()[0], (torch.rand(10, 32, 64),), {}),
@@ -165,6 +173,8 @@ CASES = {
     "gpt2 lora": lambda: (lora_gpt2(), (), {"input_ids": IDS, "labels": IDS}),
     "checkpoint": lambda: (Checkpointed(reentrant=False), (torch.rand(4, 16),), {}),
     "checkpoint reentrant": lambda: (Checkpointed(reentrant=True), (torch.rand(4, 16),), {}),
+    "gpt2 checkpointing": lambda: (checkpointed_gpt2(False), (), {"input_ids": IDS, "labels": IDS}),
+    "gpt2 checkpointing reentrant": lambda: (checkpointed_gpt2(True), (), {"input_ids": IDS, "labels": IDS}),
 }
 
 
@@ -173,7 +183,7 @@ def test_forward_plus_backward_matmuls_equal_flop_counter(case):
     model, args, kwargs = CASES[case]()
     model.train()
     before = snapshot(model)
-    result = profile_training(model, args, kwargs=kwargs)
+    result = profile_training(model, args, kwargs=kwargs, strict=True)
     assert_unchanged(model, before)
     assert result.backward_matmul_flops > 0
     assert step_matmul(result) == fcm_step(model, args, kwargs)
