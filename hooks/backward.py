@@ -4,7 +4,8 @@ backward itself, each attributed to a layer.
 The forward is counted as :func:`hooks.capture.capture_forward` counts it, in training mode with
 grad enabled. While it runs, a ``saved_tensors_hooks`` pack hook sees every tensor autograd keeps
 for the backward: its storage, counted once, is an activation of the innermost running layer
-(the model's parameters and buffers are not: they are in memory anyway).
+(the model's parameters and buffers are not: they are in memory anyway), if it is still held
+when the forward and the loss are done (a branch the forward discards frees what it saved).
 
 The backward runs in autograd's engine, where no module hook fires. Every autograd node gets a
 sequence number when the forward creates it, in increasing order, so the module hooks note the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.capture import (
@@ -41,6 +44,7 @@ from hooks.registry import Resolver
 __all__ = ["LossError", "StepCapture", "capture_step"]
 
 _ACCUMULATE = 2**64 - 1  # the sequence number of an AccumulateGrad node (a parameter's gradient)
+_OUTSIDE = "<outside the model>"  # the owner of nodes the forward did not create
 _next_sequence_nr: Callable[[], int] = getattr(torch.autograd, "_get_sequence_nr", None) or getattr(
     torch._C._autograd, "_get_sequence_nr", None)
 
@@ -60,16 +64,29 @@ class StepCapture:
     activations: dict[str, int]
     parameters: tuple[torch.Tensor, ...]  # the model's, each once
     buffers: tuple[torch.Tensor, ...]
+    outside: int = 0
+    """Backward operators of the graph that made an input (not counted): the backward went past
+    the model's inputs, which ``profile_training`` makes leaves only where it can reach them."""
 
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int]:
     """A key for the memory ``tensor`` keeps alive, and its size in bytes: its storage (views share
     one), or the tensor itself for a layout that has no single storage (sparse, nested)."""
+    if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy module's, before its first forward
+        return id(tensor), 0
     try:
         storage = tensor.untyped_storage()
         return storage._cdata, storage.nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
         return id(tensor), tensor.numel() * tensor.element_size()
+
+
+def _weak(tensor: torch.Tensor) -> StorageWeakRef | None:
+    """A weak reference to ``tensor``'s storage, to tell later whether it was freed."""
+    try:
+        return StorageWeakRef(tensor.untyped_storage())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
 
 
 class _StepRecorder(_Recorder):
@@ -80,7 +97,8 @@ class _StepRecorder(_Recorder):
         super().__init__(function_rules, planned)
         self.root = planned[0].name
         self.seqs = [-1]  # sequence numbers at which the innermost running layer changed...
-        self.owners: list[str | None] = [None]  # ...and the layer from then on (None: none ran)
+        self.owners: list[str | None] = [_OUTSIDE]  # ...and the layer from then on (None: none ran)
+        self.outside = 0  # backward operators of nodes created before the forward: not the model's
         self.param_owner: dict[int, str] = {}
         ruler = self.root
         for p in planned:
@@ -89,7 +107,10 @@ class _StepRecorder(_Recorder):
             for parameter in p.module._parameters.values():
                 if parameter is not None:
                     self.param_owner.setdefault(id(parameter), ruler)
-        self.seen = {_storage(t)[0] for t in tensors}  # the parameters and buffers: not activations
+        self.excluded = {_storage(t)[0] for t in tensors}  # the parameters and buffers: not activations
+        self.saved: dict[int, tuple] = {}  # storage key -> (layer, bytes, weak reference to the storage)
+        # lazy modules create their parameters in the forward: their storages are read again then
+        self.lazy = [p.module for p in planned if isinstance(p.module, nn.modules.lazy.LazyModuleMixin)]
         self.activations: dict[str, int] = {}
         self.forward_records: list[Record] = []
         self.in_backward = False
@@ -112,15 +133,34 @@ class _StepRecorder(_Recorder):
         super().post_hook(*args)
         self._mark()
 
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.in_backward and not self.stack and threading.get_ident() == self.thread:
+            # Python running in the backward, outside any layer: a checkpoint recomputing a
+            # function that calls no hooked layer. The nodes it creates (whose backward the
+            # checkpoint runs next) belong to the layer whose backward is running.
+            layer = self._owner(torch._C._current_autograd_node())
+            if layer != self.owners[-1]:
+                self.seqs.append(_next_sequence_nr())
+                self.owners.append(layer)
+        return super().__torch_function__(func, types, args, kwargs)
+
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor autograd saves for the backward: an activation of the innermost layer, once per storage."""
         if not self.in_backward and threading.get_ident() == self.thread:
             key, nbytes = _storage(tensor)
-            if key not in self.seen:
-                self.seen.add(key)
+            if key not in self.excluded and self.lazy:
+                self.excluded.update(_storage(t)[0] for m in self.lazy
+                                     for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
+            if key in self.excluded:
+                return tensor
+            entry = self.saved.get(key)
+            if entry is None or (entry[2] is not None and entry[2].expired()):  # new, or a freed one's address
                 name = self.stack[-1][0] if self.stack else self.root
-                self.activations[name] = self.activations.get(name, 0) + nbytes
-        return tensor
+                self.saved[key] = (name, nbytes, _weak(tensor))
+        # an alias, not the tensor: an output its own node saves would otherwise hold that node in a
+        # cycle no collector frees (a graph the forward discards would stay in memory); autograd
+        # restores the history on unpacking, so higher-order gradients are unchanged
+        return tensor.detach()
 
     @contextmanager
     def loss_in_model(self, model: nn.Module) -> Iterator[None]:
@@ -134,16 +174,21 @@ class _StepRecorder(_Recorder):
             self._mark()
 
     def start_backward(self) -> None:
+        """The forward and the loss are done: what they saved and still hold is the activations
+        (tensors saved by work the forward discarded went with its graph)."""
         self.forward_records, self.records = self.records, []
         self.in_backward = True
         self.shapes = False
+        for name, nbytes, ref in self.saved.values():
+            if ref is None or not ref.expired():
+                self.activations[name] = self.activations.get(name, 0) + nbytes
 
     def _owner(self, node: Any) -> str:
         if node is None:
             return self.root
         seq = node._sequence_nr()
         if seq == _ACCUMULATE:
-            return self.param_owner.get(id(getattr(node, "variable", None)), self.root)
+            return self.param_owner.get(id(getattr(node, "variable", None)), _OUTSIDE)
         return self.owners[bisect_right(self.seqs, seq) - 1] or self.root
 
     def _count_backward(self, op: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -157,7 +202,11 @@ class _StepRecorder(_Recorder):
             rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
         if rule is not None and rule.free:  # most of a backward: views, transposes, detaches
             return
-        layer = self.last_layer = self._owner(torch._C._current_autograd_node())
+        layer = self._owner(torch._C._current_autograd_node())
+        if layer is _OUTSIDE:
+            self.outside += 1
+            return
+        self.last_layer = layer
         with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
             if not _is_floating(out):
                 return
@@ -179,10 +228,14 @@ def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:
 
 @contextmanager
 def _step_undone(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterator[None]:
-    """The parameters' gradients, the buffers (BatchNorm's running statistics) and the global
-    random state as they were before the body, also when it raises. Gradients start as None in
-    the body, as after ``optimizer.zero_grad()``: the backward writes them instead of adding."""
+    """The parameters' gradients, the buffers (BatchNorm's running statistics, an observer's
+    statistics even when the forward resized them) and the global random state as they were
+    before the body, also when it raises. Gradients start as None in the body, as after
+    ``optimizer.zero_grad()``: the backward writes them instead of adding. Hooks that run after a
+    parameter's gradient is accumulated (an optimizer stepping in the backward) are held back: a
+    profile must not update the weights."""
     grads = [p.grad for p in params]
+    held_hooks = [(p, p._post_accumulate_grad_hooks) for p in params if getattr(p, "_post_accumulate_grad_hooks", None)]
     buffers = [(module, name, buffer, buffer.detach().clone())
                for module in modules for name, buffer in module._buffers.items() if buffer is not None]
     cpu_rng = torch.get_rng_state()
@@ -190,17 +243,23 @@ def _step_undone(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterat
     try:
         for p in params:
             p.grad = None
+        for p, _ in held_hooks:
+            p._post_accumulate_grad_hooks = OrderedDict()  # consulted at each call: an empty one runs none
         yield
     finally:
-        for p, grad in zip(params, grads):
-            p.grad = grad
-        with torch.no_grad():
-            for module, name, buffer, saved in buffers:
-                module._buffers[name] = buffer
-                buffer.copy_(saved)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        for p, hooks in held_hooks:
+            p._post_accumulate_grad_hooks = hooks
+        with torch.no_grad():
+            for module, name, buffer, saved in buffers:
+                module._buffers[name] = buffer
+                if buffer.shape != saved.shape:
+                    buffer.resize_(saved.shape)
+                buffer.copy_(saved)
 
 
 def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[Any], torch.Tensor],
@@ -222,11 +281,12 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
         modules = list({id(p.module): p.module for p in planned}.values())
         params, buffers = _tensors(modules, "_parameters"), _tensors(modules, "_buffers")
         recorder = _StepRecorder(resolver.function_rules, planned, [*params, *buffers])
-        stage = "forward"
+        stage = "setup"  # attached() refuses a busy model before anything runs
         try:
             try:
                 with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True, modules=modules,
                               training=True), _step_undone(modules, params), recorder:
+                    stage = "forward"
                     with torch.autograd.graph.saved_tensors_hooks(recorder.pack, _unpacked):
                         output = call()
                         stage = "loss"
@@ -245,17 +305,21 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
         except (RuleError, LossError):
             raise
         except Exception as exc:
+            if stage == "setup":
+                raise
             if stage == "forward":
                 raise _capture_error(recorder, exc) from exc
             if stage == "loss":
                 raise CaptureError(f"the loss raised {type(exc).__name__}: {exc}") from exc
-            raise CaptureError(f"the backward raised {type(exc).__name__} in the backward of "
-                               f"{'the model' if not recorder.last_layer else repr(recorder.last_layer)}: {exc}") from exc
+            raise CaptureError(f"the backward raised {type(exc).__name__} after the backward of "
+                               f"{_layer(recorder.last_layer)} ran (the last layer whose backward was counted): "
+                               f"{exc}") from exc
         if recorder.rule_error is not None:
             raise recorder.rule_error
         forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
                           tuple(notes), recorder.ran_nothing)
-        return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers))
+        return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers),
+                           recorder.outside)
 
 
 def _run_backward(loss: torch.Tensor) -> None:

@@ -656,7 +656,7 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
     """
     if getattr(_active, "model", None) is not None:
         raise RuntimeError(
-            "profile() was called while another profile() runs in this thread (from inside a forward?); "
+            "a profile was started while another profile runs in this thread (from inside a forward?); "
             "nested profiling is not supported: profile the inner model on its own"
         )
     held = list({id(m): m for m in (model.modules() if modules is None else modules)}.values())
@@ -772,17 +772,21 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
         notes: list[str] = []
         planned = _plan(model, resolver, notes)
         recorder = _Recorder(resolver.function_rules, planned)
+        started = False  # attached() refuses a model another profile holds before anything runs
         try:
             try:
                 with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True,
                               modules=list({id(p.module): p.module for p in planned}.values())), \
                         recorder if functions else nullcontext():
+                    started = True
                     call()
             finally:
                 recorder.close()
         except RuleError:
             raise
         except Exception as exc:
+            if not started:
+                raise
             raise _capture_error(recorder, exc) from exc
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error

@@ -184,7 +184,8 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
     """Raise :class:`UncountedError` (``strict``) or warn when something was not counted: calls
     without a rule, a forward that ran nothing, layers called from other threads."""
     if strict and uncounted:
-        listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) for n in u.layers)})" for u in uncounted)
+        listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) if n else 'the model' for n in u.layers)})"
+                            for u in uncounted)
         raise UncountedError(f"strict=True and these ran without a rule: {listing}")
     if capture.ran_nothing:
         message = ("the forward ran no layer and no torch function: nothing was counted "
@@ -208,7 +209,8 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
 def warn_uncounted(uncounted: Sequence[Uncounted]) -> None:
     """The :class:`UncountedWarning` listing what ran without a rule, for the caller's caller."""
     if uncounted:
-        listing = "; ".join(f"{u.name} ×{u.calls}" for u in uncounted)
+        listing = "; ".join(f"{u.name} ×{u.calls}" + (" in the backward" if u.kind.startswith("backward") else "")
+                            for u in uncounted)
         warnings.warn(f"ran without a rule, not counted: {listing}", UncountedWarning, stacklevel=3)
 
 

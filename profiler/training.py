@@ -3,18 +3,20 @@ memory the step needs."""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._pytree import tree_leaves
 
 from hooks import REGISTRY, ModuleInfo, Record
 from hooks.backward import LossError, capture_step
 from hooks.counts import count_value
-from profiler.api import _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
+from profiler.api import UncountedWarning, _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
 from profiler.render import TRAINING_COLUMNS
 from profiler.result import ProfileResult
 from profiler.tree import Uncounted, sum_counts, uncounted_summary
@@ -165,10 +167,28 @@ def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor],
     )
 
 
-def _leaf(tensor: torch.Tensor) -> torch.Tensor:
-    """An input that requires grad as a leaf of its own: the backward stops at the model's inputs
-    (it costs their gradients, not the graph that made them) and leaves the caller's ``.grad`` alone."""
-    return tensor.detach().requires_grad_() if tensor.requires_grad else tensor
+def _leaves(value: Any) -> Any:
+    """``value`` with every tensor that requires grad replaced by a leaf of its own, through
+    tuples, named tuples, lists, mappings (a ``UserDict`` such as Hugging Face's
+    ``BatchEncoding`` too) and dataclasses: the backward stops at the model's inputs (it costs their
+    gradients, not the graph that made them) and leaves the caller's ``.grad`` alone."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().requires_grad_() if value.requires_grad else value
+    if isinstance(value, tuple):
+        items = [_leaves(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, list):
+        return [_leaves(v) for v in value]
+    if isinstance(value, Mapping):
+        items = {k: _leaves(v) for k, v in value.items()}
+        try:
+            return type(value)(items)
+        except TypeError:
+            return items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _leaves(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 def profile_training(
@@ -207,16 +227,24 @@ def profile_training(
     if optimizer is not None and not callable(optimizer) and optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}, or a callable "
                          "giving the bytes of state it keeps for a parameter")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("profile_training cannot run under torch.inference_mode(), which allows no backward; "
+                           "call it outside that block")
     args = forward_arguments(model, inputs, input_size, input_dtype, kwargs)
     forward_kwargs = dict(kwargs or {})
     _check_devices(model, args, forward_kwargs)
-    args, forward_kwargs = tree_map_only(torch.Tensor, _leaf, (args, forward_kwargs))
+    args, forward_kwargs = _leaves(args), _leaves(forward_kwargs)
     resolver = REGISTRY.resolver(_custom_rules(custom_ops))
 
     step = capture_step(model, lambda: model(*args, **forward_kwargs), loss or default_loss, resolver)
     uncounted = uncounted_summary(step.forward.records) + tuple(
         Uncounted(f"backward {u.kind}", u.name, u.calls, u.layers) for u in uncounted_summary(step.backward))
     check_counted(step.forward, uncounted, strict, training=True)
+    if step.outside:
+        warnings.warn(f"the backward went past the model's inputs into the graph that made them ({step.outside} "
+                      "operators, not counted, and the .grad of tensors outside the model set): an input that "
+                      "requires grad sits in an object profile_training cannot rewrite; pass it detached",
+                      UncountedWarning, stacklevel=2)
     warn_uncounted(uncounted)
     memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,

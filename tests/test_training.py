@@ -4,7 +4,9 @@ untouched whatever happens."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_unchanged, load_example, snapshot
-from profiler import CaptureError, UncountedError, profile, profile_training
+from profiler import CaptureError, UncountedError, UncountedWarning, profile, profile_training
 from test_properties import random_models
 
 transformers = pytest.importorskip("transformers")
@@ -477,7 +479,7 @@ def test_another_thread_cannot_profile_the_model_during_a_training_profile():
     worker.start()
     started.wait(10)
     try:
-        with pytest.raises(RuntimeError, match="being profiled in another thread by profile_training"):
+        with pytest.raises(RuntimeError, match="^the model is being profiled in another thread by profile_training"):
             profile(model, (x,))
         try:
             profile_training(model, (x,))
@@ -488,3 +490,139 @@ def test_another_thread_cannot_profile_the_model_during_a_training_profile():
         worker.join()
     assert errors and "needs the model alone" in errors[0]
     assert_unchanged(model, before)
+
+
+def test_activations_of_discarded_work_are_not_held():
+    class Discards(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            for _ in range(5):
+                torch.tanh(self.fc(x))  # discarded: what it saved goes with its graph
+            return torch.tanh(self.fc(x))
+
+    x = torch.rand(4, 8)
+    result = profile_training(Discards(), (x,))
+    # held for the backward: fc's input x (once for six calls) and the kept tanh's output
+    assert result.activation_bytes == 4 * 8 * 4 + 4 * 8 * 4
+
+
+class ResizesItsBuffer(nn.Module):
+    """An observer that sizes its statistics on the first forward (as PerChannelMinMaxObserver does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("running", torch.empty(0))
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if self.running.numel() == 0:
+            self.running.resize_(x.shape[-1])
+        self.running.copy_(x.detach().mean(0))
+        return self.fc(x)
+
+
+def test_a_buffer_the_forward_resizes_comes_back():
+    model = nn.Sequential(ResizesItsBuffer(), nn.BatchNorm1d(8), nn.Dropout(0.5))
+    x = torch.randn(4, 8)
+    before, rng = snapshot(model), torch.get_rng_state()
+    profile_training(model, (x,))
+    assert_unchanged(model, before)
+    assert model[0].running.shape == (0,) and torch.equal(torch.get_rng_state(), rng)
+
+
+class Reentrant(nn.Module):
+    """A checkpointed function of the block's own parameters: the recomputation calls no layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(32, 16))
+        self.w2 = nn.Parameter(torch.randn(16, 32))
+
+    def inner(self, x):
+        return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, self.w1)), self.w2)
+
+    def forward(self, x):
+        return x + checkpoint(self.inner, x, use_reentrant=True)
+
+
+def test_reentrant_checkpoint_without_layers_inside_stays_in_its_layer():
+    model = nn.Sequential(nn.Linear(8, 16), Reentrant(), nn.Linear(16, 2))
+    result = profile_training(model, (torch.randn(4, 8),))
+    forward = 2 * (2 * 4 * 16 * 32)  # the block's two matmuls
+    assert result.layer("1").backward.matmul_flops == 2 * forward + forward  # both gradients, and the recomputation
+    assert result.layer("").own_backward.matmul_flops == 0
+
+
+@dataclasses.dataclass
+class Batch:
+    x: torch.Tensor
+
+
+class OnBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, batch):
+        x = batch.x if isinstance(batch, Batch) else batch["x"]
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("wrap", [Batch, lambda x: collections.UserDict(x=x)], ids=["dataclass", "UserDict"])
+def test_inputs_in_containers_are_cut_from_the_graph_that_made_them(wrap):
+    upstream = nn.Linear(8, 8)
+    features = upstream(torch.randn(3, 8))  # another model's output: requires grad, not a leaf
+    result = profile_training(OnBatch(), (wrap(features),))
+    assert upstream.weight.grad is None
+    assert result.backward_matmul_flops == 2 * (2 * 3 * 8 * 4)  # the input's and the weight's gradients
+
+
+def test_a_backward_leaving_the_model_is_reported():
+    class Box:
+        def __init__(self, x):
+            self.x = x
+
+    class OnBox(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, box):
+            return self.fc(box.x)
+
+    features = nn.Linear(8, 8)(torch.randn(3, 8))
+    with pytest.warns(UncountedWarning, match="went past the model's inputs"):
+        result = profile_training(OnBox(), (Box(features),))
+    assert result.backward_matmul_flops == 2 * (2 * 3 * 8 * 4)  # the upstream matmul is not the model's
+
+
+def test_lazy_modules():
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.LazyLinear(4))
+    result = profile_training(model, (torch.rand(3, 8),))
+    # the first layer's input, and ReLU's output (the second layer's input): not the new weights
+    assert result.activation_bytes == 3 * 8 * 4 + 3 * 16 * 4
+    assert result.total_params == 8 * 16 + 16 + 16 * 4 + 4
+
+
+def test_an_optimizer_stepping_in_the_backward_is_held_back():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: optimizer.step())
+    before = snapshot(model)
+    profile_training(model, (torch.rand(4, 64),))
+    assert_unchanged(model, before)  # weights included
+
+
+def test_sparse_embedding_gradients_are_counted():
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    profile_training(model, (torch.tensor([[1, 2, 3]]),), strict=True)
+
+
+def test_busy_and_inference_mode_errors_say_so():
+    model, x = mlp(), torch.rand(4, 64)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        profile_training(model, (x,))

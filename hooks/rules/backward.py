@@ -112,6 +112,7 @@ _register(convolution_backward_counts, "convolution_backward")
 free_functions(*_packets(
     "select_backward", "slice_backward", "diagonal_backward", "as_strided_scatter", "_unsafe_view",
     "new_empty_strided", "im2col",
+    "_sparse_coo_tensor_with_dims_and_tensors",  # a sparse gradient (Embedding(sparse=True)) built from its parts
     "max_pool2d_with_indices_backward", "max_pool3d_with_indices_backward",
     "adaptive_max_pool2d_backward", "adaptive_max_pool3d_backward",
     "fractional_max_pool2d_backward", "fractional_max_pool3d_backward",
