@@ -130,6 +130,9 @@ class AtenCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        # an operator called from Python would go through the torch-function mode again (it is on
+        # the stack in a backward, which the engine runs outside the mode's own handler)
+        with torch._C.DisableTorchFunction():
+            out = func(*args, **kwargs)
         self.count(func, args, kwargs, out)
         return out
