@@ -247,27 +247,34 @@ def call_counts(model: nn.Module, args: tuple) -> tuple[int, int]:
     return modules[0], functions.calls
 
 
+def interleaved_medians(tools: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Seconds per call of each tool: after ``warmup`` rounds, ``repeats`` rounds of every tool in
+    turn, the median of each. A sample times enough calls to last about 20 ms (measured on the
+    first tool, the plain baseline), so sub-millisecond models are not timer noise."""
+    for _ in range(warmup):
+        for fn in tools.values():
+            fn()
+    baseline = next(iter(tools.values()))
+    start = time.perf_counter()
+    baseline()
+    number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
+    runs: dict[str, list[float]] = {tool: [] for tool in tools}
+    for _ in range(repeats):
+        for tool, fn in tools.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            runs[tool].append((time.perf_counter() - start) / number)
+    return {tool: statistics.median(times) for tool, times in runs.items()}
+
+
 def measure(name: str, repeats: int, warmup: int) -> dict:
     model, args = {**ZOO, **SCALE}[name]()
     model.eval()
     thop_model = copy.deepcopy(model)  # thop leaves one hook per shared module behind
-    timed = {**TOOLS, **PARTS}
-    runs: dict[str, list[float]] = {tool: [] for tool in timed}
-    for _ in range(warmup):
-        for tool, fn in timed.items():
-            fn(thop_model if tool == "thop" else model, args)
-    # a sample times enough calls to last about 20 ms, so sub-millisecond models are not timer noise
-    start = time.perf_counter()
-    _plain(model, args)
-    number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
-    for _ in range(repeats):
-        for tool, fn in timed.items():
-            target = thop_model if tool == "thop" else model
-            start = time.perf_counter()
-            for _ in range(number):
-                fn(target, args)
-            runs[tool].append((time.perf_counter() - start) / number)
-    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    tools = {tool: (lambda fn=fn, m=thop_model if tool == "thop" else model: fn(m, args))
+             for tool, fn in {**TOOLS, **PARTS}.items()}
+    medians = interleaved_medians(tools, repeats, warmup)
     module_calls, function_calls = call_counts(model, args)
     plain = medians["plain"]
     return {
@@ -380,20 +387,8 @@ def measure_training(name: str, repeats: int, warmup: int) -> dict:
         _step(model, args)
     except Exception as exc:  # no loss to differentiate, or a forward that refuses training mode
         return {"model": name, "skipped": f"{type(exc).__name__}: {exc}"}
-    runs: dict[str, list[float]] = {tool: [] for tool in TRAINING_TOOLS}
-    for _ in range(warmup):
-        for fn in TRAINING_TOOLS.values():
-            fn(model, args)
-    start = time.perf_counter()
-    _step(model, args)
-    number = max(1, math.ceil(0.02 / (time.perf_counter() - start)))
-    for _ in range(repeats):
-        for tool, fn in TRAINING_TOOLS.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                fn(model, args)
-            runs[tool].append((time.perf_counter() - start) / number)
-    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    medians = interleaved_medians({tool: (lambda fn=fn: fn(model, args)) for tool, fn in TRAINING_TOOLS.items()},
+                                  repeats, warmup)
     result = profile_training(model, args)
     with FlopCounterMode(display=False) as counter:
         _step(model, args)
@@ -478,14 +473,7 @@ def measure_meta_llama(repeats: int) -> dict:
     def ours():
         profile_training(model, kwargs={"input_ids": ids, "labels": ids})
 
-    runs = {"plain": [], "profile_training": []}
-    plain(), ours()
-    for _ in range(repeats):
-        for tool, fn in (("plain", plain), ("profile_training", ours)):
-            start = time.perf_counter()
-            fn()
-            runs[tool].append(time.perf_counter() - start)
-    medians = {tool: statistics.median(times) for tool, times in runs.items()}
+    medians = interleaved_medians({"plain": plain, "profile_training": ours}, repeats, warmup=1)
     return {"plain_s": medians["plain"], "profile_training_s": medians["profile_training"],
             "ratio": medians["profile_training"] / medians["plain"]}
 

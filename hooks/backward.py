@@ -268,13 +268,14 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
     its output, and the backward of that loss, all counted; the model comes back as it was
     (training flags, gradients, buffers, the random state), also when any of them raises.
 
-    ``loss_fn`` returns a scalar tensor that requires grad, or raises ``ValueError`` saying why it
-    cannot. An error in the forward is a :class:`CaptureError` naming the layer, as in
-    :func:`hooks.capture.capture_forward`; in the loss or the backward, one saying so.
+    A loss that is not a scalar requiring grad raises :class:`LossError`. An error in the forward
+    is a :class:`CaptureError` naming the layer, as in :func:`hooks.capture.capture_forward`; in
+    the loss or the backward, one saying so. A model another profile holds is refused as
+    ``attached`` refuses it, before anything runs.
     """
     if _next_sequence_nr is None:
-        raise RuntimeError(f"profile_training needs torch.autograd._get_sequence_nr (torch >= 2.1); "
-                           f"this is torch {torch.__version__}")
+        raise RuntimeError(f"profile_training needs torch.autograd._get_sequence_nr, which torch "
+                           f"{torch.__version__} lacks; upgrade torch")
     with gc_paused():
         notes: list[str] = []
         planned = _plan(model, resolver, notes)
