@@ -378,7 +378,7 @@ def test_tables_and_exports_carry_the_training_columns():
     totals = report["totals"]
     assert totals["backward_matmul_flops"] == result.backward_matmul_flops
     assert totals["training_flops"] == totals["flops"] + totals["backward_flops"]
-    assert totals["activation_bytes"] == 24_576
+    assert totals["activation_bytes"] == 32 * 64 * 4 + 32 * 128 * 4
     assert report["memory"]["total"] == result.memory.total
     assert "activation_bytes" in result.to_csv().splitlines()[0]
     assert "Bwd FLOPs" in result.html()
