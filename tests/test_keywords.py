@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import Call
 from hooks import REGISTRY, capture_forward
 from hooks.rules.common import positional, signature_of
 from profiler import UncountedWarning, profile
@@ -518,19 +519,10 @@ def test_unnamed_positions_are_still_unnamed(func):
 # --------------------------------------------------------------------------- the examples
 
 
-class Lambda(nn.Module):
-    def __init__(self, fn: Callable) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *inputs):
-        return self.fn(*inputs)
-
-
 def totals(fn: Callable, *inputs: torch.Tensor) -> tuple[int, int, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UncountedWarning)
-        result = profile(Lambda(fn), inputs=inputs)
+        result = profile(Call(fn), inputs=inputs)
     return result.total_macs, result.total_flops, result.matmul_flops
 
 
