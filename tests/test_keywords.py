@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import Call
+from conftest import Call as FunctionCall
 from hooks import REGISTRY, capture_forward
 from hooks.rules.common import positional, signature_of
 from profiler import UncountedWarning, profile
@@ -522,7 +522,7 @@ def test_unnamed_positions_are_still_unnamed(func):
 def totals(fn: Callable, *inputs: torch.Tensor) -> tuple[int, int, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UncountedWarning)
-        result = profile(Call(fn), inputs=inputs)
+        result = profile(FunctionCall(fn), inputs=inputs)
     return result.total_macs, result.total_flops, result.matmul_flops
 
 
