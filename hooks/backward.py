@@ -218,7 +218,7 @@ class _StepRecorder(_Recorder):
                 counts = checked(rule.fn(args, kwargs, out))
             except Exception as exc:
                 raise self._rule_error(f"rule {rule.name} failed on {name} in the backward of {_layer(layer)}: {exc}") from exc
-            self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name)))
+            self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name, 0, 0)))
 
 
 def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:

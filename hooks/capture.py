@@ -32,6 +32,7 @@ from hooks.counts import ZERO, Counts, checked
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 from hooks.rules.common import positional
+from hooks.traffic import GATHER_MODULES, GATHERS, call_traffic, module_tensors
 
 __all__ = [
     "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
@@ -393,7 +394,14 @@ class _Recorder(TorchFunctionMode):
             finally:
                 self._aten_pop()
         out = func(*args, **kwargs)
-        if rule.free or not _is_floating(out):  # integer and boolean work is free
+        if rule.free:
+            if self.shapes and isinstance(out, torch.Tensor):  # a copy moves bytes, a view does not
+                with torch._C.DisableTorchFunction():
+                    if _copies(func, args, out):
+                        name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
+                        self._free_call(frame, name, func, args, kwargs, out)
+            return out
+        if not _is_floating(out):  # integer and boolean work is free
             return out
         with torch._C.DisableTorchFunction():
             name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
@@ -417,11 +425,20 @@ class _Recorder(TorchFunctionMode):
             except KeyError:
                 rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
             if rule is not None and rule.free:
+                if self.shapes and isinstance(out, torch.Tensor) and _copies(op, args, out):
+                    self._free_call(frame, self.names.get(op) or self.names.setdefault(op, op_name(op)), op, args, kwargs, out)
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             self._count_call(frame, name, op, rule, args, kwargs, out)
 
-    shapes = True  # records keep the call's shapes (a backward's records do without: no table shows them)
+    shapes = True  # records keep the call's shapes and bytes (a backward's do without: no table shows them)
+
+    def _free_call(self, frame: list, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """A free call that copies (``torch.cat``, ``to(dtype)``, an embedding): no arithmetic,
+        but the bytes it moves."""
+        read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
+        self.records.append(_new_record((
+            frame[0], name, name, "free", shapes_of(args), shapes_of(out), 0, 0, 0, "free", read, written)))
 
     def _count_call(self, frame: list, name: str, func: Any, rule: Rule | None, args: tuple, kwargs: dict, out: Any) -> None:
         """One record for a function or operator call in ``frame``'s layer; no rule is uncounted."""
@@ -445,9 +462,18 @@ class _Recorder(TorchFunctionMode):
                 ) from exc
             if torch._C._functorch.peek_interpreter_stack() is not None:
                 counts = _scaled(counts, _vmap_size(out))
-        self.records.append(_new_record((
-            frame[0], name, name, status, shapes_of(args) if self.shapes else (), shapes_of(out) if self.shapes else (),
-            counts.macs, counts.flops, counts.matmul_flops, rule.name if status == "counted" else None)))
+        if self.shapes:
+            read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
+            if counts is not ZERO and torch._C._functorch.peek_interpreter_stack() is not None:
+                n = _vmap_size(out)
+                read, written = read * n, written * n
+            self.records.append(_new_record((
+                frame[0], name, name, status, shapes_of(args), shapes_of(out), counts.macs, counts.flops,
+                counts.matmul_flops, rule.name if status == "counted" else None, read, written)))
+        else:
+            self.records.append(_new_record((
+                frame[0], name, name, status, (), (), counts.macs, counts.flops, counts.matmul_flops,
+                rule.name if status == "counted" else None, 0, 0)))
 
     def _name_in_caller(self, module: nn.Module, names: tuple[str, ...]) -> str:
         """Of a shared module's names, the nearest one under the innermost running layer that
@@ -517,8 +543,11 @@ class _Recorder(TorchFunctionMode):
                 if not self.stack and frame[1] == 0 and len(self.records) == frame[5] and not leaf:
                     self.ran_nothing = True  # the outermost layer called nothing at all
                 status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
+                # a traced layer's bytes are its calls'; an uncounted leaf's are its own
+                read, written = _module_traffic(module, True, args, kwargs, output) if status == "uncounted" else (0, 0)
                 self.records.append(_new_record((name, _type_name(module), None, status,
-                                                 _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None)))
+                                                 _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None,
+                                                 read, written)))
             return
         self.suppress -= 1
         if self.suppress:  # a ruled module inside another: the outer rule counts this call
@@ -531,9 +560,10 @@ class _Recorder(TorchFunctionMode):
                 counts, status = ZERO, "uncounted"
             else:
                 counts = self._apply(rule, module, name, _bind(module, args, kwargs), output)
+            read, written = _module_traffic(module, leaf, args, kwargs, output)
             self.records.append(_new_record((name, type(module).__name__, None, status,
                                              _input_shapes(args, kwargs), shapes_of(output), *counts,
-                                             rule.name if status != "uncounted" else None)))
+                                             rule.name if status != "uncounted" else None, read, written)))
         finally:
             self._resume()
 
@@ -554,8 +584,10 @@ class _Recorder(TorchFunctionMode):
         if (counts.flops, counts.matmul_flops) != (traced.flops, traced.matmul_flops):
             return False
         del self.records[start:]
+        read, written = _module_traffic(module, self.plan[module][2], frame[3], kwargs, output)
         self.records.append(_new_record((frame[0], type(module).__name__, None, "free" if rule.free else "counted",
-                                         _input_shapes(frame[3], kwargs), shapes_of(output), *counts, rule.name)))
+                                         _input_shapes(frame[3], kwargs), shapes_of(output), *counts, rule.name,
+                                         read, written)))
         return True
 
     def _unwind(self, module: nn.Module) -> list | None:
@@ -599,6 +631,32 @@ class _Recorder(TorchFunctionMode):
         """A RuleError, remembered: the capture raises it even if the model's forward catches it."""
         self.rule_error = RuleError(message)
         return self.rule_error
+
+
+def _copies(func: Any, args: tuple, out: torch.Tensor) -> bool:
+    """True when a free call's output is new memory: not a view of an input, not an input handed
+    back (``x.contiguous()`` of a contiguous ``x``), unless written in place (``x.copy_(y)``)."""
+    if out._is_view():
+        return False
+    for arg in args:
+        if out is arg:
+            return getattr(func, "__name__", "").endswith("_")
+    if torch.is_inference_mode_enabled():  # views of inference tensors are not marked as views
+        storage = out.untyped_storage()._cdata
+        return not any(isinstance(a, torch.Tensor) and a.untyped_storage()._cdata == storage for a in args)
+    return True
+
+
+def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, output: Any) -> tuple[int, int]:
+    """Bytes a module call moved (:mod:`hooks.traffic`); nothing when it handed back an input or
+    a view of one (``Identity``, ``Flatten``, ``Dropout`` in eval) unless it works in place."""
+    if isinstance(output, torch.Tensor) and (output._is_view() or _passes_through(args, output)) \
+            and not getattr(module, "inplace", False):
+        return 0, 0
+    inputs = (args, kwargs) if kwargs else args
+    if isinstance(module, GATHER_MODULES):
+        return call_traffic(inputs, output, gather=True)
+    return call_traffic(inputs, output, module_tensors(module, leaf))
 
 
 def _scaled(counts: Counts, n: int) -> Counts:

@@ -35,3 +35,7 @@ class Record(NamedTuple):
     flops: int = 0
     matmul_flops: int = 0
     rule: str | None = None
+    bytes_read: int = 0
+    """Bytes the call read: its input tensors and the parameters and buffers it holds (hooks.traffic)."""
+    bytes_written: int = 0
+    """Bytes of the call's outputs."""

@@ -15,6 +15,7 @@ __all__ = ["to_dict", "layer_records", "CSV_FIELDS", "TRAINING_FIELDS", "to_csv_
 CSV_FIELDS = (
     "name", "type", "depth", "calls", "status", "params", "own_params", "macs", "flops", "matmul_flops",
     "own_macs", "own_flops", "own_matmul_flops", "uncounted", "input_shapes", "output_shapes", "time", "own_time",
+    "bytes_read", "bytes_written", "own_bytes_read", "own_bytes_written",
 )
 TRAINING_FIELDS = (
     "backward_macs", "backward_flops", "backward_matmul_flops", "own_backward_macs", "own_backward_flops",
@@ -60,6 +61,10 @@ def layer_records(root: Layer) -> list[dict[str, Any]]:
             "output_shapes": [list(s) for s in layer.output_shapes],
             "time": layer.time,
             "own_time": layer.own_time,
+            "bytes_read": layer.bytes_read,
+            "bytes_written": layer.bytes_written,
+            "own_bytes_read": layer.own_bytes_read,
+            "own_bytes_written": layer.own_bytes_written,
             **(_training_fields(layer) if layer.backward is not None else {}),
         }
         for layer in walk(root)
@@ -81,6 +86,8 @@ def to_dict(root: Layer, uncounted: Sequence[Uncounted]) -> dict[str, Any]:
         "matmul_flops": root.total.matmul_flops,
         "params": root.params,
         "time": root.time,
+        "bytes_read": root.bytes_read,
+        "bytes_written": root.bytes_written,
     }
     if root.backward is not None:
         totals.update(backward_macs=root.backward.macs, backward_flops=root.backward.flops,
@@ -99,7 +106,8 @@ def to_dict(root: Layer, uncounted: Sequence[Uncounted]) -> dict[str, Any]:
 def _functions(stats) -> list[dict[str, Any]]:
     return [
         {"function": f.function, "calls": f.calls, "status": f.status, "macs": f.counts.macs,
-         "flops": f.counts.flops, "matmul_flops": f.counts.matmul_flops}
+         "flops": f.counts.flops, "matmul_flops": f.counts.matmul_flops, "bytes_read": f.bytes_read,
+         "bytes_written": f.bytes_written}
         for f in stats
     ]
 

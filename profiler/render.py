@@ -62,15 +62,19 @@ COLUMNS = {
     "flops_per_s": "FLOP/s",
     "bwd_flops": "Bwd FLOPs",
     "act_bytes": "Act. bytes",
+    "bytes": "Bytes",
+    "intensity": "FLOP/B",
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
 TRAINING_COLUMNS = ("layer", "type", "params", "flops", "bwd_flops", "act_bytes")
 """The default columns of a training profile (``profile_training``)."""
 TIME_COLUMNS = ("time", "flops_per_s")
 _NEEDS_TRAINING = ("bwd_flops", "act_bytes")
-SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes")
-NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes"}
-_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes"}
+SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes", "bytes")
+NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes",
+           "bytes", "intensity"}
+_TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes",
+           "bytes", "intensity"}
 MAX_AUTO_ROWS = 40
 MAX_WIDTH = 100
 """Characters per line that a table with the default depth, and every note, fits in."""
@@ -97,6 +101,7 @@ class Row:
     backward: Counts | None = None  # a training profile's backward work
     backward_uncounted: bool = False
     activation_bytes: int | None = None
+    bytes: int = 0  # read and written (unfused traffic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +166,12 @@ def _layer_row(layer: Layer, prefix: str, label: str | None = None) -> Row:
         label = layer.name.rpartition(".")[2] if layer.name else layer.type
     return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status, layer.input_shapes,
                layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time,
-               layer.backward, layer.backward_uncounted_calls > 0, layer.activation_bytes)
+               layer.backward, layer.backward_uncounted_calls > 0, layer.activation_bytes, layer.bytes)
 
 
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
     return Row(prefix, stat.function.rpartition(".")[2] + "()", stat.function, depth, stat.calls,
-               stat.status, (), (), None, stat.counts, stat.status == "uncounted")
+               stat.status, (), (), None, stat.counts, stat.status == "uncounted", bytes=stat.bytes)
 
 
 def _has_own_training_work(layer: Layer) -> bool:
@@ -215,7 +220,7 @@ def _own_row(layer: Layer) -> Row:
     backward_uncounted = any(f.status == "uncounted" for f in layer.backward_functions)
     return Row("", layer.name or layer.type, layer.type, layer.depth, layer.calls, layer.status,
                layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time,
-               layer.own_backward, backward_uncounted, layer.own_activation_bytes)
+               layer.own_backward, backward_uncounted, layer.own_activation_bytes, layer.own_bytes)
 
 
 _SORT_VALUE = {
@@ -225,6 +230,7 @@ _SORT_VALUE = {
     "time": lambda r: r.time or 0.0,
     "bwd_flops": lambda r: r.backward.flops if r.backward else 0,
     "act_bytes": lambda r: r.activation_bytes or 0,
+    "bytes": lambda r: r.bytes,
 }
 
 
@@ -363,6 +369,10 @@ def cell(row: Row, column: str, root: Layer, units: str) -> str:
         return format_count(row.backward.flops, units) + (" +?" if row.backward_uncounted else "")
     if column == "act_bytes":
         return "" if row.activation_bytes is None else format_bytes(row.activation_bytes, units)
+    if column == "bytes":
+        return format_bytes(row.bytes, units)
+    if column == "intensity":
+        return f"{row.counts.flops / row.bytes:,.1f}" if row.bytes and not row.uncounted else ""
     raise ValueError(f"unknown column {column!r}; valid columns: {', '.join(COLUMNS)}")
 
 
@@ -373,7 +383,7 @@ def cells(row: Row, columns: Sequence[str], root: Layer, units: str) -> list[str
 def total_row(root: Layer) -> Row:
     """The totals of ``root``: the whole model, or the subtree a table is limited to."""
     return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time,
-               root.backward, root.backward_uncounted_calls > 0, root.activation_bytes)
+               root.backward, root.backward_uncounted_calls > 0, root.activation_bytes, root.bytes)
 
 
 def total_cells(root: Layer, columns: Sequence[str], units: str) -> list[str]:

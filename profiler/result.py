@@ -70,6 +70,26 @@ class ProfileResult(tuple):
         return self._totals.matmul_flops
 
     @property
+    def bytes_read(self) -> int:
+        """Bytes the forward's calls read: inputs, parameters and buffers (unfused traffic, :mod:`hooks.traffic`)."""
+        return self.root.bytes_read
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the forward's calls' outputs."""
+        return self.root.bytes_written
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes read and written by the forward's calls, each call on its own (nothing fused)."""
+        return self.root.bytes
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        """FLOPs per byte moved (:attr:`total_flops` / :attr:`total_bytes`); None when nothing moved."""
+        return self.root.intensity
+
+    @property
     def total_params(self) -> int:
         return self[1]
 

@@ -28,6 +28,12 @@ class FunctionStat:
     calls: int
     counts: Counts
     status: str
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +76,32 @@ class Layer:
     activation_bytes: int | None = None
     """Bytes autograd saved for the backward in this layer's subtree (a training profile)."""
     own_activation_bytes: int | None = None
+    bytes_read: int = 0
+    """Bytes this layer's subtree read, call by call (unfused traffic: :mod:`hooks.traffic`)."""
+    bytes_written: int = 0
+    own_bytes_read: int = 0
+    """Bytes this layer's own calls read: its rule's call, or the torch functions it called itself
+    (copies such as ``torch.cat`` included, which count no FLOPs and have no row)."""
+    own_bytes_written: int = 0
 
     @property
     def uncounted(self) -> bool:
         """True when some work in this layer's subtree ran without a rule."""
         return self.uncounted_calls > 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes read and written in this layer's subtree."""
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def own_bytes(self) -> int:
+        return self.own_bytes_read + self.own_bytes_written
+
+    @property
+    def intensity(self) -> float | None:
+        """FLOPs per byte moved in this layer's subtree (arithmetic intensity); None when it moved none."""
+        return self.total.flops / self.bytes if self.bytes else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,21 +135,30 @@ def _function_stats(by_function: Mapping[str, list[Record]]) -> tuple[FunctionSt
             len(recs),
             sum_counts(recs),
             "uncounted" if any(r.status == "uncounted" for r in recs) else recs[0].status,
+            sum(r.bytes_read for r in recs),
+            sum(r.bytes_written for r in recs),
         )
         for function, recs in by_function.items()
     )
 
 
-def _grouped(records: Iterable[Record]) -> tuple[dict[str, list[Record]], dict[str, dict[str, list[Record]]]]:
-    """Module calls by layer, and torch function calls by layer and function."""
+def _grouped(records: Iterable[Record]) -> tuple[dict[str, list[Record]], dict[str, dict[str, list[Record]]],
+                                                   dict[str, list[int]]]:
+    """Module calls by layer, torch function calls by layer and function, and the bytes of the
+    free copies each layer made itself ``[read, written]`` (they count no FLOPs and have no row)."""
     by_module: dict[str, list[Record]] = defaultdict(list)
     by_function: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    copies: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for record in records:
         if record.function is None:
             by_module[record.name].append(record)
+        elif record.status == "free":
+            moved = copies[record.name]
+            moved[0] += record.bytes_read
+            moved[1] += record.bytes_written
         else:
             by_function[record.name][record.function].append(record)
-    return by_module, by_function
+    return by_module, by_function, copies
 
 
 def build_tree(
@@ -140,9 +176,9 @@ def build_tree(
     layer) come from a training profile.
     """
     modules = list(modules)
-    by_module, by_function = _grouped(records)
+    by_module, by_function, copies = _grouped(records)
     training = backward is not None
-    backward_modules, backward_functions = _grouped(backward or ())
+    backward_modules, backward_functions, _ = _grouped(backward or ())
     activations = activations or {}
 
     subtree_params: dict[str, int] = defaultdict(int)
@@ -168,6 +204,9 @@ def build_tree(
         functions = _function_stats(by_function.get(name, {}))
         own = sum_counts([*calls, *(f.counts for f in functions)])
         kids = tuple(build(child) for child in children.get(name, ()))
+        copied_read, copied_written = copies.get(name, (0, 0))
+        own_read = sum(r.bytes_read for r in calls) + sum(f.bytes_read for f in functions) + copied_read
+        own_written = sum(r.bytes_written for r in calls) + sum(f.bytes_written for f in functions) + copied_written
         training_fields = {}
         if training:
             recomputed = backward_modules.get(name, [])
@@ -215,6 +254,10 @@ def build_tree(
             time=time,
             own_time=own_time,
             **training_fields,
+            bytes_read=own_read + sum(k.bytes_read for k in kids),
+            bytes_written=own_written + sum(k.bytes_written for k in kids),
+            own_bytes_read=own_read,
+            own_bytes_written=own_written,
         )
 
     return build(modules[0].name)

@@ -391,6 +391,8 @@ def assert_report_data(result, data: dict) -> None:
         "matmul_flops": result.matmul_flops,
         "params": result.total_params,
         "time": result.total_time,
+        "bytes_read": result.bytes_read,
+        "bytes_written": result.bytes_written,
     }
     assert_layer_data(result, data["layers"])
     for layer, record in zip(result.layers, data["layers"]):
