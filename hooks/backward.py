@@ -35,10 +35,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.capture import (
     _TRACED, Capture, CaptureError, RuleError, _capture_error, _has_sparse, _is_floating, _layer, _module_infos,
-    _new_record, _plan, _Recorder, attached, gc_paused,
+    _copies, _new_record, _plan, _Recorder, attached, gc_paused,
 )
 from hooks.counts import checked
 from hooks.records import Record
+from hooks.traffic import call_traffic
 from hooks.registry import Resolver
 
 __all__ = ["LossError", "StepCapture", "capture_step"]
@@ -200,17 +201,21 @@ class _StepRecorder(_Recorder):
             rule = self.aten_rules[op]
         except KeyError:
             rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
-        if rule is not None and rule.free:  # most of a backward: views, transposes, detaches
-            return
+        free = rule is not None and rule.free
+        if free and not (isinstance(out, torch.Tensor) and _copies(op, args, out)):
+            return  # most of a backward: views, transposes, detaches
         layer = self._owner(torch._C._current_autograd_node())
         if layer is _OUTSIDE:
-            self.outside += 1
+            self.outside += not free
             return
         self.last_layer = layer
         with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
+            name = self.names.get(op) or self.names.setdefault(op, op_name(op))
+            if free:  # a copy (ReLU's threshold_backward, a gradient's sum into a view): its bytes
+                self._free_call([layer, 0], name, op, args, kwargs, out)
+                return
             if not _is_floating(out):
                 return
-            name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             if rule is None or kwargs or _has_sparse(args) or torch._C._functorch.peek_interpreter_stack() is not None:
                 self._count_call([layer, 0], name, op, rule, args, kwargs, out)
                 return
@@ -218,7 +223,8 @@ class _StepRecorder(_Recorder):
                 counts = checked(rule.fn(args, kwargs, out))
             except Exception as exc:
                 raise self._rule_error(f"rule {rule.name} failed on {name} in the backward of {_layer(layer)}: {exc}") from exc
-            self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name, 0, 0)))
+            self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name,
+                                             *call_traffic((args, kwargs), out))))
 
 
 def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:

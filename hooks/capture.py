@@ -395,7 +395,7 @@ class _Recorder(TorchFunctionMode):
                 self._aten_pop()
         out = func(*args, **kwargs)
         if rule.free:
-            if self.shapes and isinstance(out, torch.Tensor):  # a copy moves bytes, a view does not
+            if isinstance(out, torch.Tensor):  # a copy moves bytes, a view does not
                 with torch._C.DisableTorchFunction():
                     if _copies(func, args, out):
                         name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
@@ -425,20 +425,20 @@ class _Recorder(TorchFunctionMode):
             except KeyError:
                 rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
             if rule is not None and rule.free:
-                if self.shapes and isinstance(out, torch.Tensor) and _copies(op, args, out):
+                if isinstance(out, torch.Tensor) and _copies(op, args, out):
                     self._free_call(frame, self.names.get(op) or self.names.setdefault(op, op_name(op)), op, args, kwargs, out)
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             self._count_call(frame, name, op, rule, args, kwargs, out)
 
-    shapes = True  # records keep the call's shapes and bytes (a backward's do without: no table shows them)
+    shapes = True  # records keep the call's shapes (a backward's do without: no table shows them)
 
     def _free_call(self, frame: list, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """A free call that copies (``torch.cat``, ``to(dtype)``, an embedding): no arithmetic,
         but the bytes it moves."""
         read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
-        self.records.append(_new_record((
-            frame[0], name, name, "free", shapes_of(args), shapes_of(out), 0, 0, 0, "free", read, written)))
+        shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
+        self.records.append(_new_record((frame[0], name, name, "free", *shapes, 0, 0, 0, "free", read, written)))
 
     def _count_call(self, frame: list, name: str, func: Any, rule: Rule | None, args: tuple, kwargs: dict, out: Any) -> None:
         """One record for a function or operator call in ``frame``'s layer; no rule is uncounted."""
@@ -462,18 +462,13 @@ class _Recorder(TorchFunctionMode):
                 ) from exc
             if torch._C._functorch.peek_interpreter_stack() is not None:
                 counts = _scaled(counts, _vmap_size(out))
-        if self.shapes:
-            read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
-            if counts is not ZERO and torch._C._functorch.peek_interpreter_stack() is not None:
-                n = _vmap_size(out)
-                read, written = read * n, written * n
-            self.records.append(_new_record((
-                frame[0], name, name, status, shapes_of(args), shapes_of(out), counts.macs, counts.flops,
-                counts.matmul_flops, rule.name if status == "counted" else None, read, written)))
-        else:
-            self.records.append(_new_record((
-                frame[0], name, name, status, (), (), counts.macs, counts.flops, counts.matmul_flops,
-                rule.name if status == "counted" else None, 0, 0)))
+        read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
+        if counts is not ZERO and torch._C._functorch.peek_interpreter_stack() is not None:
+            n = _vmap_size(out)
+            read, written = read * n, written * n
+        shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
+        self.records.append(_new_record((frame[0], name, name, status, *shapes, counts.macs, counts.flops,
+                                         counts.matmul_flops, rule.name if status == "counted" else None, read, written)))
 
     def _name_in_caller(self, module: nn.Module, names: tuple[str, ...]) -> str:
         """Of a shared module's names, the nearest one under the innermost running layer that

@@ -7,7 +7,8 @@ from importlib.metadata import PackageNotFoundError, version
 from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
 from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
-from profiler.result import ProfileResult
+from profiler.result import ProfileResult, RooflineResult
+from profiler.roofline import DEVICES, Device
 from profiler.training import StepMemory, TrainingResult, profile_training
 from profiler.tree import Layer
 from profiler.units import clever_format
@@ -21,8 +22,11 @@ __all__ = [
     "CaptureError",
     "Comparison",
     "Counts",
+    "DEVICES",
+    "Device",
     "Layer",
     "ProfileResult",
+    "RooflineResult",
     "StepMemory",
     "TrainingResult",
     "RuleError",

@@ -177,7 +177,8 @@ def profile(
         for u in uncounted:
             print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
     warn_uncounted(uncounted)
-    return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info)
+    return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info,
+                         dtype=_device_and_dtype(model)[1])
 
 
 def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool, training: bool = False) -> None:

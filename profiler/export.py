@@ -66,6 +66,7 @@ def layer_records(root: Layer) -> list[dict[str, Any]]:
             "own_bytes_read": layer.own_bytes_read,
             "own_bytes_written": layer.own_bytes_written,
             **(_training_fields(layer) if layer.backward is not None else {}),
+            **({"roofline_time": layer.roofline_time, "bound": layer.bound} if layer.roofline_time is not None else {}),
         }
         for layer in walk(root)
     ]
@@ -93,6 +94,8 @@ def to_dict(root: Layer, uncounted: Sequence[Uncounted]) -> dict[str, Any]:
         totals.update(backward_macs=root.backward.macs, backward_flops=root.backward.flops,
                       backward_matmul_flops=root.backward.matmul_flops,
                       training_flops=root.total.flops + root.backward.flops, activation_bytes=root.activation_bytes)
+    if root.roofline_time is not None:
+        totals.update(roofline_time=root.roofline_time, bound=root.bound)
     return {
         "model": root.type,
         "totals": totals,
@@ -115,7 +118,8 @@ def _functions(stats) -> list[dict[str, Any]]:
 def to_csv_text(root: Layer) -> str:
     """One row per layer; shapes as JSON lists, empty cells for missing times."""
     out = io.StringIO()
-    fields = CSV_FIELDS + (TRAINING_FIELDS if root.backward is not None else ())
+    fields = CSV_FIELDS + (TRAINING_FIELDS if root.backward is not None else ()) \
+        + (("roofline_time", "bound") if root.roofline_time is not None else ())
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in layer_records(root):

@@ -57,7 +57,7 @@ def _shapes_title(shapes: Sequence[tuple[int, ...]]) -> str:
 
 def html_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions) -> str:
     """The table as HTML: indented layer tree, a share bar for MACs %, totals, notes and uncounted work."""
-    options.validate(timed=root.time is not None, training=root.backward is not None)
+    options.validate_for(root)
     options, deeper = resolve_depth(root, options)
     top = scope(root, options)
     columns = options.columns

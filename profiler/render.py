@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "MAX_WIDTH",
     "SORT_KEYS",
+    "ROOFLINE_COLUMNS",
     "TRAINING_COLUMNS",
     "Row",
     "TableOptions",
@@ -64,17 +65,22 @@ COLUMNS = {
     "act_bytes": "Act. bytes",
     "bytes": "Bytes",
     "intensity": "FLOP/B",
+    "roofline_time": "Est. time",
+    "bound": "Bound",
 }
 DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "flops", "macs_pct")
 TRAINING_COLUMNS = ("layer", "type", "params", "flops", "bwd_flops", "act_bytes")
 """The default columns of a training profile (``profile_training``)."""
 TIME_COLUMNS = ("time", "flops_per_s")
+ROOFLINE_COLUMNS = ("layer", "type", "flops", "bytes", "intensity", "roofline_time", "bound")
+"""The default columns of a roofline estimate (``result.roofline(device)``)."""
+_NEEDS_ROOFLINE = ("roofline_time", "bound")
 _NEEDS_TRAINING = ("bwd_flops", "act_bytes")
-SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes", "bytes")
+SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes", "bytes", "roofline_time")
 NUMERIC = {"calls", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes",
-           "bytes", "intensity"}
+           "bytes", "intensity", "roofline_time"}
 _TOTALS = {"layer", "params", "params_pct", "macs", "flops", "macs_pct", "time", "flops_per_s", "bwd_flops", "act_bytes",
-           "bytes", "intensity"}
+           "bytes", "intensity", "roofline_time", "bound"}
 MAX_AUTO_ROWS = 40
 MAX_WIDTH = 100
 """Characters per line that a table with the default depth, and every note, fits in."""
@@ -102,6 +108,8 @@ class Row:
     backward_uncounted: bool = False
     activation_bytes: int | None = None
     bytes: int = 0  # read and written (unfused traffic)
+    roofline_time: float | None = None  # estimated seconds on a device
+    bound: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +123,12 @@ class TableOptions:
     units: str = "human"
     layer: str | None = None  # show only this layer's subtree
 
-    def validate(self, timed: bool, training: bool = False) -> None:
+    def validate_for(self, root: Layer) -> None:
+        """:meth:`validate` against what ``root``'s profile has: timings, a backward, estimates."""
+        self.validate(timed=root.time is not None, training=root.backward is not None,
+                      roofline=root.roofline_time is not None)
+
+    def validate(self, timed: bool, training: bool = False, roofline: bool = False) -> None:
         """Raise ``ValueError`` naming the bad option and listing the valid ones."""
         bad = [c for c in self.columns if c not in COLUMNS]
         if bad:
@@ -134,6 +147,9 @@ class TableOptions:
         needs_training = [c for c in (*self.columns, self.sort_by) if c in _NEEDS_TRAINING]
         if needs_training and not training:
             raise ValueError(f"{', '.join(needs_training)} needs a training profile: profile_training(model, ...)")
+        needs_roofline = [c for c in (*self.columns, self.sort_by) if c in _NEEDS_ROOFLINE]
+        if needs_roofline and not roofline:
+            raise ValueError(f"{', '.join(needs_roofline)} needs a device: result.roofline('H100-SXM5').table()")
 
 
 # ---------------------------------------------------------------- names for display
@@ -166,12 +182,14 @@ def _layer_row(layer: Layer, prefix: str, label: str | None = None) -> Row:
         label = layer.name.rpartition(".")[2] if layer.name else layer.type
     return Row(prefix, label, layer.type, layer.depth, layer.calls, layer.status, layer.input_shapes,
                layer.output_shapes, layer.params, layer.total, layer.uncounted, layer.time,
-               layer.backward, layer.backward_uncounted_calls > 0, layer.activation_bytes, layer.bytes)
+               layer.backward, layer.backward_uncounted_calls > 0, layer.activation_bytes, layer.bytes,
+               layer.roofline_time, layer.bound)
 
 
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
     return Row(prefix, stat.function.rpartition(".")[2] + "()", stat.function, depth, stat.calls,
-               stat.status, (), (), None, stat.counts, stat.status == "uncounted", bytes=stat.bytes)
+               stat.status, (), (), None, stat.counts, stat.status == "uncounted", bytes=stat.bytes,
+               roofline_time=stat.roofline_time)
 
 
 def _has_own_training_work(layer: Layer) -> bool:
@@ -220,7 +238,8 @@ def _own_row(layer: Layer) -> Row:
     backward_uncounted = any(f.status == "uncounted" for f in layer.backward_functions)
     return Row("", layer.name or layer.type, layer.type, layer.depth, layer.calls, layer.status,
                layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time,
-               layer.own_backward, backward_uncounted, layer.own_activation_bytes, layer.own_bytes)
+               layer.own_backward, backward_uncounted, layer.own_activation_bytes, layer.own_bytes,
+               layer.own_roofline_time)
 
 
 _SORT_VALUE = {
@@ -231,6 +250,7 @@ _SORT_VALUE = {
     "bwd_flops": lambda r: r.backward.flops if r.backward else 0,
     "act_bytes": lambda r: r.activation_bytes or 0,
     "bytes": lambda r: r.bytes,
+    "roofline_time": lambda r: r.roofline_time or 0.0,
 }
 
 
@@ -371,6 +391,10 @@ def cell(row: Row, column: str, root: Layer, units: str) -> str:
         return "" if row.activation_bytes is None else format_bytes(row.activation_bytes, units)
     if column == "bytes":
         return format_bytes(row.bytes, units)
+    if column == "roofline_time":
+        return "" if row.roofline_time is None else format_seconds(row.roofline_time)
+    if column == "bound":
+        return row.bound
     if column == "intensity":
         return f"{row.counts.flops / row.bytes:,.1f}" if row.bytes and not row.uncounted else ""
     raise ValueError(f"unknown column {column!r}; valid columns: {', '.join(COLUMNS)}")
@@ -383,7 +407,8 @@ def cells(row: Row, columns: Sequence[str], root: Layer, units: str) -> list[str
 def total_row(root: Layer) -> Row:
     """The totals of ``root``: the whole model, or the subtree a table is limited to."""
     return Row("", "Total", "", 0, 0, "counted", (), (), root.params, root.total, root.uncounted, root.time,
-               root.backward, root.backward_uncounted_calls > 0, root.activation_bytes, root.bytes)
+               root.backward, root.backward_uncounted_calls > 0, root.activation_bytes, root.bytes,
+               root.roofline_time, root.bound)
 
 
 def total_cells(root: Layer, columns: Sequence[str], units: str) -> list[str]:
@@ -490,7 +515,7 @@ def tabulate_text(body: list[list[str]], header: Sequence[str], colalign: Sequen
 
 def text_table(root: Layer, uncounted: Sequence[Uncounted], options: TableOptions, tablefmt: str = "simple") -> str:
     """The table as text (any tabulate ``tablefmt``), with a totals row, its notes and the uncounted list."""
-    options.validate(timed=root.time is not None, training=root.backward is not None)
+    options.validate_for(root)
     options, deeper = resolve_depth(root, options)
     top = scope(root, options)
     columns = options.columns

@@ -8,14 +8,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from profiler.export import layer_records, to_csv_text, to_dict
 from profiler.html import html_table
-from profiler.render import DEFAULT_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table
+from profiler.render import DEFAULT_COLUMNS, ROOFLINE_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table
+from profiler.roofline import Device, estimated_tree, resolved
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
 from profiler.units import format_count, format_seconds
 
-__all__ = ["ProfileResult"]
+__all__ = ["ProfileResult", "RooflineResult"]
 
 
 class ProfileResult(tuple):
@@ -27,6 +30,8 @@ class ProfileResult(tuple):
     """
 
     uncounted: tuple[Uncounted, ...]
+    dtype: torch.dtype | None
+    """The dtype of the model's parameters: what :meth:`roofline` takes the peak FLOP/s for."""
 
     def __new__(
         cls,
@@ -38,6 +43,7 @@ class ProfileResult(tuple):
         *,
         backward: Sequence[Record] | None = None,
         activations: Mapping[str, int] | None = None,
+        dtype: torch.dtype | None = None,
     ):
         parts = (tuple(modules), tuple(records), times, backward, activations)
         totals = sum_counts(parts[1])
@@ -47,6 +53,7 @@ class ProfileResult(tuple):
         self._parts = parts
         self._totals = totals
         self.uncounted = tuple(uncounted)
+        self.dtype = dtype
         if root is not None:
             self.__dict__["root"] = root  # cached_property's slot: built once
         return self
@@ -115,8 +122,16 @@ class ProfileResult(tuple):
         elif isinstance(columns, str):
             columns = [c.strip() for c in columns.split(",")]
         options = TableOptions(depth, tuple(columns), sort_by, top, units, layer)
-        options.validate(timed=self.root.time is not None, training=self.root.backward is not None)
+        options.validate_for(self.root)
         return options
+
+    def roofline(self, device: str | Device, dtype: str | torch.dtype | None = None) -> RooflineResult:
+        """The time each layer would take on ``device`` (a name in :data:`profiler.DEVICES`, or a
+        :class:`Device`), by the roofline model: per call, the larger of FLOPs / the peak FLOP/s
+        for ``dtype`` (default: the model's parameters' dtype) and bytes / the memory bandwidth.
+        A training profile's backward counts too. Raises ValueError for an unknown device or a
+        dtype it has no figure for."""
+        return RooflineResult(self, device, dtype)
 
     def table(
         self,
@@ -203,3 +218,39 @@ class ProfileResult(tuple):
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(repr(self))
+
+
+class RooflineResult(ProfileResult):
+    """A result's layers with estimated times on a device (:meth:`ProfileResult.roofline`): it
+    unpacks, tabulates and exports as the result it came from, with ``roofline_time`` and ``bound``
+    on every layer and columns of those names in its tables."""
+
+    device: Device
+    peak: float
+    """The peak FLOP/s used: the device's for :attr:`dtype`."""
+
+    _default_columns = ROOFLINE_COLUMNS
+
+    def __new__(cls, result: ProfileResult, device: str | Device, dtype: str | torch.dtype | None = None):
+        device, name, peak = resolved(device, dtype if dtype is not None else result.dtype or torch.float32)
+        self = tuple.__new__(cls, tuple(result))
+        self._parts, self._totals, self.uncounted = result._parts, result._totals, result.uncounted
+        self.device, self.dtype, self.peak = device, name, peak
+        self.source = result
+        self.__dict__["root"] = estimated_tree(result.root, peak, device.bandwidth)
+        return self
+
+    @property
+    def time(self) -> float:
+        """Estimated seconds of the whole model: the sum of its calls' estimates."""
+        return self.root.roofline_time
+
+    @property
+    def bound(self) -> str:
+        """``"compute"`` or ``"memory"``: which roof the model's FLOPs and bytes hit as a whole."""
+        return self.root.bound
+
+    def __repr__(self) -> str:
+        return (f"RooflineResult(device={self.device.name!r}, dtype={self.dtype}, time={format_seconds(self.time)}, "
+                f"flops={format_count(self.total_flops, 'exact')}, bytes={format_count(self.total_bytes, 'exact')}, "
+                f"bound={self.bound!r})")

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 from hooks import REGISTRY, ModuleInfo, Record
 from hooks.backward import LossError, capture_step
 from hooks.counts import count_value
-from profiler.api import UncountedWarning, _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
+from profiler.api import _device_and_dtype, UncountedWarning, _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
 from profiler.render import TRAINING_COLUMNS
 from profiler.result import ProfileResult
 from profiler.tree import Uncounted, sum_counts, uncounted_summary
@@ -62,9 +62,10 @@ class TrainingResult(ProfileResult):
     _default_columns = TRAINING_COLUMNS
 
     def __new__(cls, modules: Sequence[ModuleInfo], records: Sequence[Record], backward: Sequence[Record],
-                activations: Mapping[str, int], uncounted: Sequence[Uncounted], memory: StepMemory):
+                activations: Mapping[str, int], uncounted: Sequence[Uncounted], memory: StepMemory,
+                dtype: torch.dtype | None = None):
         self = super().__new__(cls, modules, records, None, uncounted, backward=tuple(backward),
-                               activations=dict(activations))
+                               activations=dict(activations), dtype=dtype)
         self._backward = sum_counts(backward)
         self.memory = memory
         return self
@@ -248,4 +249,4 @@ def profile_training(
     warn_uncounted(uncounted)
     memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
-                          memory)
+                          memory, _device_and_dtype(model)[1])

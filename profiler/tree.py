@@ -30,6 +30,8 @@ class FunctionStat:
     status: str
     bytes_read: int = 0
     bytes_written: int = 0
+    roofline_time: float | None = None
+    """Estimated seconds on a device (``result.roofline(device)``), else None."""
 
     @property
     def bytes(self) -> int:
@@ -73,6 +75,9 @@ class Layer:
     backward_functions: tuple[FunctionStat, ...] = ()
     backward_uncounted_calls: int = 0
     """Backward operators in this layer's subtree that had no rule."""
+    backward_bytes: int | None = None
+    """Bytes the backward's operators read and wrote in this layer's subtree (a training profile)."""
+    own_backward_bytes: int | None = None
     activation_bytes: int | None = None
     """Bytes autograd saved for the backward in this layer's subtree (a training profile)."""
     own_activation_bytes: int | None = None
@@ -83,6 +88,11 @@ class Layer:
     """Bytes this layer's own calls read: its rule's call, or the torch functions it called itself
     (copies such as ``torch.cat`` included, which count no FLOPs and have no row)."""
     own_bytes_written: int = 0
+    roofline_time: float | None = None
+    """Estimated seconds of this layer's subtree on a device (``result.roofline(device)``), else None."""
+    own_roofline_time: float | None = None
+    bound: str = ""
+    """``"compute"`` or ``"memory"``: which roof this subtree's FLOPs and bytes hit on that device."""
 
     @property
     def uncounted(self) -> bool:
@@ -178,7 +188,7 @@ def build_tree(
     modules = list(modules)
     by_module, by_function, copies = _grouped(records)
     training = backward is not None
-    backward_modules, backward_functions, _ = _grouped(backward or ())
+    backward_modules, backward_functions, backward_copies = _grouped(backward or ())
     activations = activations or {}
 
     subtree_params: dict[str, int] = defaultdict(int)
@@ -213,6 +223,8 @@ def build_tree(
             bwd_functions = _function_stats(backward_functions.get(name, {}))
             own_backward = sum_counts([*recomputed, *(f.counts for f in bwd_functions)])
             own_bytes = activations.get(name, 0)
+            own_backward_bytes = sum(r.bytes_read + r.bytes_written for r in recomputed) \
+                + sum(f.bytes for f in bwd_functions) + sum(backward_copies.get(name, (0, 0)))
             training_fields = dict(
                 own_backward=own_backward,
                 backward=sum_counts([own_backward, *(k.backward for k in kids)]),
@@ -222,6 +234,8 @@ def build_tree(
                 + sum(k.backward_uncounted_calls for k in kids),
                 own_activation_bytes=own_bytes,
                 activation_bytes=own_bytes + sum(k.activation_bytes for k in kids),
+                own_backward_bytes=own_backward_bytes,
+                backward_bytes=own_backward_bytes + sum(k.backward_bytes for k in kids),
             )
         own_time = time = None
         if times is not None:

@@ -1,0 +1,153 @@
+"""Roofline estimates: how long each layer would take on a named accelerator.
+
+A call takes at least its FLOPs over the device's peak FLOP/s for the dtype, and at least its
+bytes over the memory bandwidth; the estimate is the larger of the two, and the call is
+compute-bound or memory-bound by which one it is. A layer's estimate adds up its calls' (its
+rule's call, each torch function it called itself, its copies) and its children's. The bytes
+are the unfused traffic of :mod:`hooks.traffic`; every FLOP is taken at the dtype's peak
+(elementwise work runs slower off the tensor cores, and kernels rarely reach either peak), so
+the estimate is a lower bound on the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from profiler.tree import Layer
+
+__all__ = ["DEVICES", "Device", "dtype_name", "estimate", "estimated_tree", "lookup_device"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """An accelerator's dense peak FLOP/s per dtype name and its memory bandwidth in bytes/s.
+
+    ``flops`` keys are dtype names (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"tf32"``,
+    ``"float8"``, ``"int8"``); ``torch.float32`` matmuls run at the ``"tf32"`` peak only when
+    you ask for it (``dtype="tf32"``), as they do with ``torch.backends.cuda.matmul.allow_tf32``.
+    """
+
+    name: str
+    flops: Mapping[str, float]
+    bandwidth: float
+    memory: float | None = field(default=None, compare=False)
+    """Bytes of device memory, for reference."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bandwidth, (int, float)) or isinstance(self.bandwidth, bool) or self.bandwidth <= 0:
+            raise ValueError(f"bandwidth must be a positive number of bytes per second, not {self.bandwidth!r}")
+        flops = {dtype_name(k): v for k, v in dict(self.flops).items()}
+        bad = {k: v for k, v in flops.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+        if not flops or bad:
+            raise ValueError(f"flops must map dtype names to positive peak FLOP/s, not {dict(self.flops)!r}")
+        object.__setattr__(self, "flops", flops)
+
+    def peak(self, dtype: str | torch.dtype) -> float:
+        """Peak dense FLOP/s for ``dtype``; ValueError listing the dtypes this device has figures for."""
+        name = dtype_name(dtype)
+        try:
+            return self.flops[name]
+        except KeyError:
+            raise ValueError(f"{self.name} has no peak FLOP/s for {name}; it has {', '.join(self.flops)}") from None
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``; ``torch.half`` -> ``"float16"``; the float8 kinds -> ``"float8"``."""
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+               "fp8": "float8", "qint8": "int8", "quint8": "int8"}
+    name = aliases.get(name, name)
+    return "float8" if name.startswith("float8") else name
+
+
+# Dense (no 2:4 sparsity) peaks and memory bandwidth from the vendors' published figures. Where a
+# datasheet quotes only "with sparsity" figures, the dense ones are half of them.
+DEVICES: dict[str, Device] = {
+    # NVIDIA A100 Tensor Core GPU datasheet (2021), SXM4 80GB column
+    "A100-SXM4-80GB": Device("A100-SXM4-80GB", {
+        "float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12, "float16": 312e12, "int8": 624e12,
+    }, bandwidth=2.039e12, memory=80e9),
+    # NVIDIA H100 Tensor Core GPU Architecture whitepaper (Hopper), Table 2, H100 SXM5 dense figures
+    "H100-SXM5": Device("H100-SXM5", {
+        "float32": 66.9e12, "tf32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12,
+        "float8": 1978.9e12, "int8": 1978.9e12,
+    }, bandwidth=3.35e12, memory=80e9),
+    # NVIDIA H200 Tensor Core GPU datasheet (2024), SXM: the H100's compute (sparse figures halved),
+    # 4.8 TB/s of HBM3e
+    "H200": Device("H200", {
+        "float32": 66.9e12, "tf32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12,
+        "float8": 1978.9e12, "int8": 1978.9e12,
+    }, bandwidth=4.8e12, memory=141e9),
+    # NVIDIA L4 Tensor Core GPU datasheet (2023): sparse figures halved; 300 GB/s GDDR6
+    "L4": Device("L4", {
+        "float32": 30.3e12, "tf32": 60e12, "bfloat16": 121e12, "float16": 121e12, "float8": 242.5e12,
+        "int8": 242.5e12,
+    }, bandwidth=300e9, memory=24e9),
+    # NVIDIA Ada GPU Architecture whitepaper, Table 2 (GeForce RTX 4090): dense tensor figures with
+    # FP32 accumulate (fp16 with fp16 accumulate is twice as fast); 1,008 GB/s GDDR6X
+    "RTX-4090": Device("RTX-4090", {
+        "float32": 82.6e12, "tf32": 82.6e12, "bfloat16": 165.2e12, "float16": 165.2e12, "float8": 330.3e12,
+        "int8": 660.6e12,
+    }, bandwidth=1.008e12, memory=24e9),
+}
+_ALIASES = {"A100": "A100-SXM4-80GB", "H100": "H100-SXM5", "RTX4090": "RTX-4090", "4090": "RTX-4090"}
+
+
+def lookup_device(device: str | Device) -> Device:
+    """``device`` as a :class:`Device`: one given, or a name from :data:`DEVICES` (case-insensitive)."""
+    if isinstance(device, Device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a device name or a Device, not {type(device).__name__}")
+    known = {name.lower(): name for name in DEVICES} | {alias.lower(): name for alias, name in _ALIASES.items()}
+    name = known.get(device.strip().lower())
+    if name is None:
+        raise ValueError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)} "
+                         "(or pass Device(name, flops={dtype: peak FLOP/s}, bandwidth=bytes/s))")
+    return DEVICES[name]
+
+
+def estimate(flops: int, nbytes: int, peak: float, bandwidth: float) -> tuple[float, str]:
+    """``(seconds, bound)`` of one call: the larger of ``flops / peak`` and ``nbytes / bandwidth``,
+    and ``"compute"`` or ``"memory"`` by which it is (``""`` for a call that moved nothing)."""
+    compute, memory = flops / peak, nbytes / bandwidth
+    if not compute and not memory:
+        return 0.0, ""
+    return (compute, "compute") if compute >= memory else (memory, "memory")
+
+
+def _bound(flops: int, nbytes: int, peak: float, bandwidth: float) -> str:
+    return estimate(flops, nbytes, peak, bandwidth)[1]
+
+
+def estimated_tree(layer: Layer, peak: float, bandwidth: float) -> Layer:
+    """``layer``'s tree with ``roofline_time`` and ``bound`` filled in, call group by call group:
+    the layer's own module calls (with the copies it made), each torch function it called
+    itself, then its children. A training profile's backward counts as the layer's work too."""
+    kids = tuple(estimated_tree(k, peak, bandwidth) for k in layer.children)
+    functions = tuple(
+        replace(f, roofline_time=estimate(f.counts.flops, f.bytes, peak, bandwidth)[0]) for f in layer.functions
+    )
+    module_flops = layer.own.flops - sum(f.counts.flops for f in layer.functions)
+    module_bytes = layer.own_bytes - sum(f.bytes for f in layer.functions)
+    own = estimate(module_flops, module_bytes, peak, bandwidth)[0] + sum(f.roofline_time for f in functions)
+    flops, nbytes = layer.total.flops, layer.bytes
+    if layer.backward is not None:  # the backward's operators, as one group per layer
+        own += estimate(layer.own_backward.flops, layer.own_backward_bytes, peak, bandwidth)[0]
+        flops += layer.backward.flops
+        nbytes += layer.backward_bytes
+    return replace(
+        layer, children=kids, functions=functions, own_roofline_time=own,
+        roofline_time=own + sum(k.roofline_time for k in kids), bound=_bound(flops, nbytes, peak, bandwidth),
+    )
+
+
+def resolved(device: str | Device, dtype: Any) -> tuple[Device, str, float]:
+    """The device, the dtype's name and its peak FLOP/s."""
+    device = lookup_device(device)
+    name = dtype_name(dtype)
+    return device, name, device.peak(name)
