@@ -173,7 +173,7 @@ OPTION_SETS = [
     pytest.param({"depth": 1}, id="depth-1"),
     pytest.param({"depth": 2, "units": "exact"}, id="depth-2-exact"),
     pytest.param({"columns": ("layer", "input_shape", "output_shape", "calls", "params_pct", "macs")}, id="columns"),
-    pytest.param({"columns": tuple(c for c in COLUMNS if c not in ("time", "flops_per_s", "bwd_flops", "act_bytes"))},
+    pytest.param({"columns": tuple(c for c in COLUMNS if c not in ("time", "flops_per_s", "bwd_flops", "act_bytes", "roofline_time", "bound"))},
                  id="all-columns"),
     pytest.param({"sort_by": "macs", "top": 5}, id="sort-macs-top-5"),
     pytest.param({"sort_by": "params", "depth": 2}, id="sort-params-depth-2"),
