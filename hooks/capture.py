@@ -36,7 +36,7 @@ from hooks.traffic import GATHER_MODULES, GATHERS, call_traffic, module_tensors
 
 __all__ = [
     "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
-    "forward_error", "gc_paused", "modules_by_name", "shapes_of",
+    "forward_error", "gc_paused", "modules_by_name", "record_traffic", "shapes_of",
 ]
 
 
@@ -832,8 +832,10 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
                               modules=list({id(p.module): p.module for p in planned}.values())), \
                         recorder if functions else nullcontext():
                     started = True
+                    _active.recorder = recorder
                     call()
             finally:
+                _active.recorder = None
                 recorder.close()
         except RuleError:
             raise
@@ -845,6 +847,17 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
             raise recorder.rule_error
         return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes),
                        recorder.ran_nothing)
+
+
+def record_traffic(name: str, bytes_read: int, bytes_written: int) -> None:
+    """Charge bytes the capture does not see to the innermost running layer of this thread's
+    capture, as a free call named ``name`` (no FLOPs): work run with the function mode off, such as
+    a KV cache's update that ``profile_generation`` counts as a write of the new entries only."""
+    recorder = getattr(_active, "recorder", None)
+    if recorder is None or not recorder.stack or recorder.suppress:
+        return
+    recorder.records.append(_new_record((
+        recorder.stack[-1][0], name, name, "free", (), (), 0, 0, 0, "free", bytes_read, bytes_written)))
 
 
 def _capture_error(recorder: _Recorder, exc: BaseException) -> CaptureError:

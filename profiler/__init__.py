@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
 from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
+from profiler.generation import GenerationResult, GenerationRoofline, GenerationStep, profile_generation
 from profiler.result import ProfileResult, RooflineResult
 from profiler.roofline import DEVICES, Device
 from profiler.training import StepMemory, TrainingResult, profile_training
@@ -24,6 +25,9 @@ __all__ = [
     "Counts",
     "DEVICES",
     "Device",
+    "GenerationResult",
+    "GenerationRoofline",
+    "GenerationStep",
     "Layer",
     "ProfileResult",
     "RooflineResult",
@@ -37,5 +41,6 @@ __all__ = [
     "function_rule",
     "module_rule",
     "profile",
+    "profile_generation",
     "profile_training",
 ]
