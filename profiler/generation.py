@@ -178,7 +178,8 @@ def profile_generation(
     mask = extra.pop("attention_mask", None)
     resolver = REGISTRY.resolver()
     cache = _new_cache(model)
-    if cache is not None:
+    own_cache = cache is not None  # else the model makes one and hands it back each step
+    if own_cache:
         _counted_update(cache)
 
     captures: list[Capture] = []
@@ -193,7 +194,7 @@ def profile_generation(
         outputs: list[Any] = []
         capture = capture_forward(model, lambda: outputs.append(model(**arguments)), resolver)
         logits, returned = _output_parts(outputs[0], cache_argument)
-        if cache is None:
+        if not own_cache:
             cache = returned
         captures.append(capture)
         steps.append(_step(number, ids.shape[1], context, capture, cache))

@@ -1,0 +1,262 @@
+"""profile_generation: the prefill and each decode step against profile(), FlopCounterMode, the
+KV cache's closed form and Hugging Face's own greedy generate()."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import transformers
+from conftest import assert_unchanged, snapshot
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from profiler import DEVICES, GenerationResult, UncountedWarning, profile, profile_generation
+from profiler.generation import MAX_PHASE_ROWS, cache_tensors
+
+PROMPT = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+NEW = 5
+
+
+def llama(attention: str = "eager") -> nn.Module:
+    """Two layers, grouped-query attention: 4 query heads share 2 key/value heads of 16."""
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=100, max_position_embeddings=64,
+                                   attn_implementation=attention)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def gpt2(attention: str = "eager") -> nn.Module:
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
+                                  attn_implementation=attention)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+MODELS = [pytest.param(llama, id="llama-gqa"), pytest.param(gpt2, id="gpt2")]
+
+
+def generated(model: nn.Module, prompt: torch.Tensor = PROMPT, new: int = NEW, **kwargs) -> GenerationResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedWarning)
+        return profile_generation(model, prompt, max_new_tokens=new, **kwargs)
+
+
+def shape(model: nn.Module) -> tuple[int, int, int, int]:
+    """(layers, query heads, key/value heads, head dim) from the model's config."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    return cfg.num_hidden_layers, heads, getattr(cfg, "num_key_value_heads", None) or heads, cfg.hidden_size // heads
+
+
+def greedy_flop_counter(model: nn.Module, prompt: torch.Tensor, new: int) -> list[int]:
+    """FlopCounterMode's total around each forward of a plain greedy loop with a DynamicCache."""
+    cache = transformers.DynamicCache(config=model.config)
+    ids, totals = prompt, []
+    for _ in range(new):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            ids = model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        totals.append(counter.get_total_flops())
+    return totals
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_the_prefill_counts_as_profile_of_the_prompt(make):
+    model = make()
+    result = generated(model)
+    alone = profile(model, kwargs={"input_ids": PROMPT})
+    assert (result.prefill.total_macs, result.prefill.total_flops, result.prefill.matmul_flops) == (
+        alone.total_macs, alone.total_flops, alone.matmul_flops)
+    assert [(l.name, l.total) for l in result.prefill.layers] == [(l.name, l.total) for l in alone.layers]
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_every_step_matches_flop_counter_mode_and_generate(make):
+    model = make()
+    result = generated(model)
+    assert [p.matmul_flops for p in result.phases] == greedy_flop_counter(model, PROMPT, NEW)
+    expected = model.generate(PROMPT, do_sample=False, max_new_tokens=NEW, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(result.tokens, expected[:, PROMPT.shape[1]:])
+    assert len(result.steps) == NEW - 1
+    assert [s.context for s in result.phases] == list(range(PROMPT.shape[1], PROMPT.shape[1] + NEW))
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_a_decode_step_is_2n_plus_the_attention_over_the_context(make):
+    """Per token: 2 FLOPs per weight of every matmul (lm_head included, GPT-2's Conv1D too), and
+    Q·Kᵀ and attention·V over the context: 2 · 2 · layers · context · heads · head dim."""
+    model = make()
+    layers, heads, _, head_dim = shape(model)
+    weights = sum(m.weight.numel() for m in model.modules()
+                  if isinstance(m, (nn.Linear, transformers.pytorch_utils.Conv1D)))
+    result = generated(model)
+    batch = PROMPT.shape[0]
+    for step in result.steps:
+        attention = 2 * 2 * layers * step.context * heads * head_dim
+        assert step.matmul_flops == batch * (2 * weights + attention)
+    growth = {b.matmul_flops - a.matmul_flops for a, b in zip(result.steps, result.steps[1:])}
+    assert growth == {batch * 2 * 2 * layers * heads * head_dim}  # linear in the context
+    assert result.flops_per_token == sum(s.flops for s in result.steps) / (len(result.steps) * batch)
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_the_kv_cache_bytes_are_the_closed_form_and_what_a_cache_holds(make):
+    model = make()
+    layers, _, kv_heads, head_dim = shape(model)
+    result = generated(model)
+    batch, prompt = PROMPT.shape
+    for phase in result.phases:
+        assert phase.kv_cache_bytes == 2 * layers * batch * phase.context * kv_heads * head_dim * 4
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.cat([PROMPT, result.tokens[:, :-1]], dim=1), cache=cache, use_cache=True)
+    assert sum(t.nbytes for t in cache_tensors(cache)) == result.kv_cache_bytes
+
+
+def test_a_step_writes_only_its_new_keys_and_values():
+    """The cache is taken as preallocated: DynamicCache's concatenation is not counted."""
+    model = llama()
+    layers, _, kv_heads, head_dim = shape(model)
+    result = generated(model)
+    batch = PROMPT.shape[0]
+    for n, phase in enumerate(result.phases):
+        writes = [r for r in result.step(n)._parts[1] if r.function == "kv_cache.update"]
+        assert len(writes) == layers
+        new = 2 * batch * phase.tokens * kv_heads * head_dim * 4
+        assert {(r.bytes_read, r.bytes_written) for r in writes} == {(new, new)}
+        if n:  # a decode step's concatenations (rotary's halves) are of its one token, not the cache
+            one_layers_keys = batch * phase.context * kv_heads * head_dim * 4
+            cats = [r for r in result.step(n)._parts[1] if r.function == "torch.cat"]
+            assert cats and max(r.bytes_written for r in cats) < one_layers_keys
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_sdpa_and_eager_attention_count_alike(make):
+    """The matmul-like work and the cache; the elementwise FLOPs differ by what eager attention
+    spells out (the mask's add, the scaling) that the SDPA kernel's rule counts its own way."""
+    eager, sdpa = generated(make("eager")), generated(make("sdpa"))
+    assert [(p.macs, p.matmul_flops, p.kv_cache_bytes) for p in eager.phases] == [
+        (p.macs, p.matmul_flops, p.kv_cache_bytes) for p in sdpa.phases]
+    assert torch.equal(eager.tokens, sdpa.tokens)
+
+
+def test_the_decode_layers_are_every_steps_calls_together():
+    model = llama()
+    result = generated(model)
+    decoded = result.decode
+    assert decoded.layer("model.layers.0.self_attn.q_proj").calls == NEW - 1
+    assert decoded.total_flops == sum(s.flops for s in result.steps)
+    assert decoded.total_bytes == sum(s.bytes for s in result.steps)
+    assert result.total_flops == result.prefill.total_flops + decoded.total_flops
+    assert "q_proj ×4" in result.layer_table(depth=5)
+
+
+def test_the_attention_mask_grows_as_generate_grows_it():
+    model = llama()
+    mask = torch.ones_like(PROMPT)
+    result = generated(model, kwargs={"attention_mask": mask})
+    expected = model.generate(PROMPT, attention_mask=mask, do_sample=False, max_new_tokens=NEW, eos_token_id=None,
+                              pad_token_id=0)
+    assert torch.equal(result.tokens, expected[:, PROMPT.shape[1]:])
+    assert [p.matmul_flops for p in result.phases] == [p.matmul_flops for p in generated(model).phases]
+
+
+class TupleCacheLM(nn.Module):
+    """A causal LM of its own: one attention head, a cache of (key, value) tuples it concatenates."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.embed, self.qkv, self.head = nn.Embedding(vocab, d), nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        q, k, v = self.qkv(self.embed(input_ids)).chunk(3, dim=-1)
+        if past_key_values is not None:
+            k, v = torch.cat([past_key_values[0], k], dim=1), torch.cat([past_key_values[1], v], dim=1)
+        out = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v  # no mask: every position sees all
+        return self.head(out), (k, v)
+
+
+def test_a_model_with_a_tuple_cache_of_its_own():
+    model = TupleCacheLM().eval()
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    result = generated(model, prompt, new=3)
+    d = 16
+    for phase in result.phases:
+        assert phase.kv_cache_bytes == 2 * phase.context * d * 4
+        n, ctx = phase.tokens, phase.context
+        assert phase.matmul_flops == 2 * n * (d * 3 * d + d * 50) + 2 * 2 * n * ctx * d
+    assert result.kv_cache_bytes == 2 * (4 + 2) * d * 4
+
+
+def test_the_model_comes_back_as_it_was():
+    model = llama().train()
+    before = snapshot(model)
+    generated(model)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: profile_generation(m, PROMPT.float(), max_new_tokens=2), "integer tensor of token ids"),
+    (lambda m: profile_generation(m, PROMPT[:, :0], max_new_tokens=2), "non-empty"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=True), "max_new_tokens must be a positive integer"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"use_cache": False}), "may not set use_cache"),
+    (lambda m: profile_generation(nn.Linear(3, 3), PROMPT, max_new_tokens=2), "takes past_key_values"),
+])
+def test_bad_input_is_refused_with_a_message(call, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(llama())
+
+
+def test_the_phase_table_groups_many_steps_and_the_report_is_json():
+    model = llama()
+    new = 2 * MAX_PHASE_ROWS + 3
+    result = generated(model, PROMPT[:, :3], new=new)
+    text = result.table(units="exact")
+    body = text.splitlines()[2:]
+    rows = [line for line in body if line.startswith("decode")]
+    assert len(rows) <= MAX_PHASE_ROWS
+    assert sum(int(line.split("×")[1].split()[0]) if "×" in line else 1 for line in rows) == new - 1
+    total = next(line for line in body if line.startswith("Total"))
+    assert f"{result.total_flops:,}" in total.split()
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["totals"]["flops"] == result.total_flops
+    assert [p["context"] for p in data["phases"]] == [p.context for p in result.phases]
+    assert "<table>" in result.html()
+
+
+def test_roofline_per_token_and_tokens_per_second():
+    model = llama()
+    result = generated(model)
+    roofline = result.roofline("H100-SXM5", dtype="float32")
+    assert roofline.step_times == tuple(result.step(n).roofline("H100-SXM5", "float32").time
+                                        for n in range(1, NEW))
+    assert roofline.time_per_token == sum(roofline.step_times) / (NEW - 1)
+    assert roofline.tokens_per_second == PROMPT.shape[0] / roofline.time_per_token
+    assert roofline.time == roofline.prefill_time + sum(roofline.step_times)
+    assert "Est. time" in roofline.table()
+
+
+def test_a_7b_decode_step_on_meta_is_weights_and_cache_over_bandwidth():
+    """LLaMA-7B's shape in bfloat16 at batch 1, context 1024: a decode step reads every weight
+    and the whole KV cache, so it is memory-bound at (weights + cache) / bandwidth."""
+    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                   num_attention_heads=32, num_key_value_heads=32)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    context = 1024
+    result = profile_generation(model, torch.zeros((1, context - 1), dtype=torch.long, device="meta"), max_new_tokens=2)
+    step = result.steps[0]
+    assert step.context == context
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = 2 * cfg.num_hidden_layers * 1 * context * cfg.num_key_value_heads * head_dim * 2
+    assert step.kv_cache_bytes == kv_bytes
+    weight_bytes = 2 * sum(p.numel() for p in model.parameters())
+    bound = (weight_bytes + kv_bytes) / DEVICES["H100-SXM5"].bandwidth
+    per_token = result.roofline("H100-SXM5").time_per_token
+    assert abs(per_token - bound) / bound < 0.05
+    assert result.roofline("H100-SXM5").decode.bound == "memory"
