@@ -21,7 +21,11 @@ from torch import nn
 
 from profiler import __version__
 from profiler.api import profile
-from profiler.render import COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, SORT_KEYS, TRAINING_COLUMNS, TableOptions
+from profiler.generation import profile_generation
+from profiler.render import (
+    COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, ROOFLINE_COLUMNS, SORT_KEYS, TRAINING_COLUMNS, TableOptions,
+)
+from profiler.roofline import DEVICES, lookup_device
 from profiler.training import OPTIMIZERS, profile_training, training_summary
 from profiler.units import UNITS
 
@@ -39,6 +43,8 @@ examples:
   python -m profiler examples/my_models.py:Net --arg width=64 --input-size 8,32 --input-size 8,4 \\
       --measure-time --vs-thop
   python -m profiler examples/my_models.py:Net --input-size 8,32 --input-size 8,4 --train --optimizer adam
+  python -m profiler transformers:LlamaForCausalLM --config transformers:LlamaConfig num_hidden_layers=2 \
+      hidden_size=256 intermediate_size=512 --input-size 1,32 --generate 16 --roofline H100-SXM5
 """
 
 
@@ -88,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "adds backward FLOPs, activation bytes and the step's memory")
     parser.add_argument("--optimizer", choices=OPTIMIZERS,
                         help="with --train: size the optimizer state in the memory line (default: none)")
+    parser.add_argument("--generate", type=int, metavar="N",
+                        help="profile greedy generation of N tokens after a prompt of token ids of --input-size "
+                        "(batch,tokens): the prefill, then each decode step with a KV cache")
+    parser.add_argument("--roofline", metavar="DEVICE",
+                        help=f"estimate each layer's time on DEVICE by the roofline model: {', '.join(DEVICES)}")
+    parser.add_argument("--roofline-dtype", metavar="DTYPE",
+                        help="with --roofline: the dtype whose peak FLOP/s to use, e.g. bfloat16, tf32 "
+                        "(default: the model's)")
     return parser
 
 
@@ -223,10 +237,28 @@ def run(argv: Sequence[str] | None = None) -> str:
         raise UsageError("--optimizer goes with --train")
     if args.train and (args.measure_time or args.vs_thop):
         raise UsageError(f"--train does not go with {'--measure-time' if args.measure_time else '--vs-thop'}")
-    options = TableOptions(args.depth, columns or (TRAINING_COLUMNS if args.train else DEFAULT_COLUMNS), args.sort,
-                           args.top, args.units)
+    if args.generate is not None:
+        clash = [flag for flag, on in (("--train", args.train), ("--measure-time", args.measure_time),
+                                       ("--vs-thop", args.vs_thop)) if on]
+        if clash:
+            raise UsageError(f"--generate does not go with {clash[0]}")
+        if args.generate < 1:
+            raise UsageError(f"--generate {args.generate} must be at least 1")
+        if len(sizes) != 1 or len(sizes[0]) != 2:
+            raise UsageError("--generate takes one --input-size, the prompt's batch,tokens (e.g. 1,32)")
+    if args.roofline_dtype is not None and args.roofline is None:
+        raise UsageError("--roofline-dtype goes with --roofline")
+    if args.roofline is not None:
+        try:
+            device = lookup_device(args.roofline)
+            if args.roofline_dtype is not None:
+                device.peak(args.roofline_dtype)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    default = ROOFLINE_COLUMNS if args.roofline else TRAINING_COLUMNS if args.train else DEFAULT_COLUMNS
+    options = TableOptions(args.depth, columns or default, args.sort, args.top, args.units)
     try:
-        options.validate(timed=True, training=args.train)
+        options.validate(timed=True, training=args.train, roofline=args.roofline is not None)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.format in ("json", "csv") and table_flags:
@@ -241,10 +273,15 @@ def run(argv: Sequence[str] | None = None) -> str:
         raise UsageError(f"building {args.model} failed: {type(exc).__name__}: {exc}") from exc
     input_size = sizes if len(sizes) > 1 else sizes[0]
     try:
+        if args.generate is not None:
+            return _generation(model, args, sizes[0], dtype, table_options=dict(
+                columns=columns, sort_by=args.sort, top=args.top, units=args.units))
         if args.train:
             result = profile_training(model, input_size=input_size, input_dtype=dtype, optimizer=args.optimizer)
         else:
             result = profile(model, input_size=input_size, input_dtype=dtype, measure_time=args.measure_time, **timing)
+        if args.roofline is not None:
+            result = result.roofline(args.roofline, args.roofline_dtype)
         table_options = dict(columns=columns, sort_by=args.sort, top=args.top, units=args.units)
         if args.format == "json":
             data = result.to_dict()
@@ -267,6 +304,37 @@ def run(argv: Sequence[str] | None = None) -> str:
         return text
     except (TypeError, ValueError, RuntimeError, ImportError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
+
+
+def _generation(model: nn.Module, args: argparse.Namespace, size: tuple[int, ...], dtype: torch.dtype | None,
+                table_options: dict) -> str:
+    """``--generate N``: the phase table, then the decode steps' layer table (with ``--roofline``,
+    estimated times in both)."""
+    device = next((p.device for p in model.parameters()), torch.device(args.device))
+    prompt = torch.zeros(size, dtype=dtype or torch.long, device=device)
+    result = profile_generation(model, prompt, max_new_tokens=args.generate)
+    if args.format == "json":
+        data = result.to_dict()
+        if args.roofline is not None:
+            roofline = result.roofline(args.roofline, args.roofline_dtype)
+            data["roofline"] = {"device": roofline.device.name, "dtype": roofline.dtype,
+                                "phase_times": list(roofline.phase_times), "time_per_token": roofline.time_per_token,
+                                "tokens_per_second": roofline.tokens_per_second}
+        return json.dumps(data, indent=2)
+    layers = result.decode or result.prefill
+    if args.roofline is not None:
+        roofline = result.roofline(args.roofline, args.roofline_dtype)
+        phases, layers = roofline, roofline.decode or roofline.prefill
+    else:
+        phases = result
+    if args.format == "csv":
+        return layers.to_csv()
+    if args.format == "html":
+        return phases.table(units=args.units, tablefmt="html") + "\n" + layers.html(args.depth, **table_options)
+    tablefmt = {"text": "simple", "markdown": "github"}.get(args.format, args.format)
+    title = "Decode steps, by layer:" if result.decode is not None else "Prefill, by layer:"
+    return (phases.table(units=args.units, tablefmt=tablefmt) + f"\n\n{title}\n"
+            + layers.table(args.depth, tablefmt=tablefmt, **table_options))
 
 
 def _comparison(model: nn.Module, input_size, dtype):

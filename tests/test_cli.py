@@ -487,3 +487,55 @@ def test_reader_leaving_early_is_quiet(in_workdir):
     assert (out, head_err) == (json.dumps({}, indent=2)[0] + "\n", "")
     assert closed_err == ""
     assert closed.returncode == 1  # as the Python documentation's recipe for SIGPIPE does
+
+
+# ---------------------------------------------------------------- serving: --generate and --roofline
+
+GPT2_TINY = ["transformers:GPT2LMHeadModel", "--config", "transformers:GPT2Config", "n_layer=1", "n_embd=32", "n_head=2",
+             "vocab_size=50", "n_positions=32"]
+GENERATE_JSON = flag_run(*GPT2_TINY, "--input-size", "2,5", "--generate", "3", "--format", "json")
+GENERATE_ROOFLINE = flag_run(*GPT2_TINY, "--input-size", "1,5", "--generate", "3", "--roofline", "L4", "--depth", "1")
+ROOFLINE_JSON = flag_run(*NET, "--roofline", "H100-SXM5", "--roofline-dtype", "tf32", "--format", "json")
+
+
+def test_generate_json_is_profile_generation(capsys):
+    import transformers
+
+    from profiler import profile_generation
+
+    data = json.loads(cli_ok(GENERATE_JSON, capsys))
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=32)
+    expected = profile_generation(transformers.GPT2LMHeadModel(config), torch.zeros((2, 5), dtype=torch.long),
+                                  max_new_tokens=3)
+    assert data["totals"]["flops"] == expected.total_flops
+    assert [p["context"] for p in data["phases"]] == [5, 6, 7]
+
+
+def test_generate_with_roofline_shows_phases_and_decode_layers(capsys):
+    out = cli_ok(GENERATE_ROOFLINE, capsys)
+    phases, _, layers = out.partition("Decode steps, by layer:")
+    assert [line.split()[0] for line in phases.splitlines()[2:6]] == ["prefill", "decode", "decode", "Total"]
+    assert "Est. time" in phases and "tokens/s" in phases and "On L4" in phases
+    assert layers.splitlines()[1].split() == [COLUMNS[c] for c in ("layer", "type", "flops", "bytes")] + [
+        "FLOP/B", "Est.", "time", "Bound"]
+
+
+def test_roofline_json_is_the_result_s_roofline(in_workdir, capsys, models):
+    data = json.loads(cli_ok(ROOFLINE_JSON, capsys))
+    expected = profile(models["Net"](), input_size=(3, 4)).roofline("H100-SXM5", "tf32")
+    assert data["totals"]["roofline_time"] == expected.time
+    assert data["totals"]["bound"] == expected.bound == "memory"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--roofline", "B200"], "known devices: A100-SXM4-80GB, H100-SXM5"),
+    (["--roofline", "L4", "--roofline-dtype", "float64"], "L4 has no peak FLOP/s for float64"),
+    (["--roofline-dtype", "bfloat16"], "--roofline-dtype goes with --roofline"),
+    (["--generate", "0"], "--generate 0 must be at least 1"),
+    (["--generate", "2", "--train"], "--generate does not go with --train"),
+    (["--generate", "2", "--input-size", "2,3"], "--generate takes one --input-size"),
+    (["--columns", "layer,bound"], "needs a device"),
+])
+def test_serving_flags_refuse_bad_input(in_workdir, capsys, extra, message):
+    code, out, err = cli([*NET, *extra], capsys)
+    assert code == 2 and message in err, err
