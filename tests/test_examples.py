@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -46,6 +47,15 @@ def test_llm_on_meta(capsys):
     load_example("llm_on_meta").main()
     out = capsys.readouterr().out
     assert "params: 70,553,706,496" in out and "Mixtral-8x7B shape" in out
+
+
+def test_llm_serving(capsys):
+    load_example("llm_serving").main()
+    out = capsys.readouterr().out
+    assert out.startswith("Phase") and "KV cache after 24 new tokens" in out
+    per_token = re.search(r"roofline time per token: +([\d.]+) ms", out).group(1)
+    bound = re.search(r"TB/s: ([\d.]+) ms", out).group(1)
+    assert abs(float(per_token) - float(bound)) / float(bound) < 0.05
 
 
 def test_benchmark(tmp_path, capsys):
