@@ -25,11 +25,17 @@ convolutions, whose weight gradients FlopCounterMode counts once per group, ``n/
 A model that cannot train (no floating-point output that requires grad) is skipped, with the reason.
 ``--meta-llama`` adds a LLaMA-70B-shaped step on the meta device, plain and under ``profile_training``.
 
+``--generate`` times generating 32 tokens after a 64-token prompt instead: a plain greedy loop
+(the prompt's forward, then one forward of the last token a step with a ``DynamicCache``, under
+``torch.no_grad()``), Hugging Face's ``generate`` of the same tokens, and ``profile_generation``,
+as ratios to the plain loop (target: at most 1.3x).
+
     python examples/benchmark.py             # the whole zoo, one torch thread
     python examples/benchmark.py --quick     # a smaller zoo and fewer runs (under 2 minutes)
     python examples/benchmark.py --scale     # 1,000 and 10,000 small modules; 100 calls of one shared cell
     python examples/benchmark.py --train     # one training step; with --quick or --models too
     python examples/benchmark.py --train --models seed_transformer --meta-llama   # and LLaMA-70B on meta
+    python examples/benchmark.py --generate  # 32 tokens of GPT-2 small and a LLaMA shape with GQA
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from hooks import REGISTRY, capture_forward
-from profiler import profile, profile_training
+from profiler import profile, profile_generation, profile_training
 from profiler.training import default_loss
 
 
@@ -483,6 +489,67 @@ def meta_llama_line(row: dict) -> str:
             f"profile_training {row['profile_training_s']:.2f} s ({row['ratio']:.2f}x; target at most 1.3x)")
 
 
+def _generation_models() -> dict[str, Callable[[], nn.Module]]:
+    """GPT-2 small's shape (124M parameters) and a LLaMA shape of 8 layers with grouped-query
+    attention (16 query heads, 4 key/value heads; 172M): random weights, eager attention."""
+    import transformers
+
+    def gpt2():
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(attn_implementation="eager")).eval()
+
+    def llama():
+        config = transformers.LlamaConfig(
+            hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+            num_key_value_heads=4, vocab_size=32000, attn_implementation="eager")
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(config).eval()
+
+    return {"gpt2": gpt2, "llama_gqa": llama}
+
+
+GENERATED_TOKENS = 32
+PROMPT_TOKENS = 64
+
+
+def measure_generation(name: str, repeats: int) -> dict:
+    """A plain greedy loop, ``generate`` and ``profile_generation`` of the same tokens, interleaved."""
+    import transformers
+
+    model = _generation_models()[name]()
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def plain():
+        cache = transformers.DynamicCache(config=model.config)
+        ids, tokens = prompt, []
+        for _ in range(GENERATED_TOKENS):
+            ids = model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            tokens.append(ids)
+        return torch.cat(tokens, dim=1)
+
+    def generate():
+        return model.generate(prompt, do_sample=False, max_new_tokens=GENERATED_TOKENS, eos_token_id=None,
+                              pad_token_id=0)[:, PROMPT_TOKENS:]
+
+    def ours():
+        return profile_generation(model, prompt, max_new_tokens=GENERATED_TOKENS).tokens
+
+    same = torch.equal(plain(), ours()) and torch.equal(generate(), ours())
+    medians = interleaved_medians({"plain": plain, "generate": generate, "profile_generation": ours}, repeats, warmup=1)
+    return {"model": name, "plain_ms": 1e3 * medians["plain"], "same_tokens": same,
+            "ratios": {tool: medians[tool] / medians["plain"] for tool in ("generate", "profile_generation")}}
+
+
+def generation_report(rows: list[dict]) -> str:
+    header = ["model", "greedy loop", "generate", "profile_generation", "same tokens"]
+    body = [[r["model"], f"{r['plain_ms']:.1f}ms", f"{r['ratios']['generate']:.2f}x",
+             f"{r['ratios']['profile_generation']:.2f}x", "yes" if r["same_tokens"] else "NO"] for r in rows]
+    return "\n".join(_table(header, body) + [
+        f"{GENERATED_TOKENS} tokens after a {PROMPT_TOKENS}-token prompt, batch 1; target: profile_generation "
+        "at most 1.3x the greedy loop"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 models, fewer runs: under 2 minutes")
@@ -493,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
                         "and FlopCounterMode, and whether their matmul FLOPs agree")
     parser.add_argument("--meta-llama", action="store_true", help="with --train: also a LLaMA-70B-shaped step "
                         "on the meta device (needs transformers)")
+    parser.add_argument("--generate", action="store_true", help=f"generation of {GENERATED_TOKENS} tokens instead: "
+                        "a greedy loop, generate() and profile_generation (needs transformers)")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the results")
@@ -507,6 +576,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         names = list(SCALE if args.scale else QUICK if args.quick else ZOO)
     repeats = args.repeats or (3 if args.quick else 7)
+    if args.generate:
+        rows = [measure_generation(name, repeats) for name in _generation_models()]
+        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+              f"torch {torch.__version__}\ncost = call / plain greedy loop (median of {repeats})")
+        print(generation_report(rows))
+        with open(args.json, "w") as f:
+            json.dump({"generate": True, "repeats": repeats, "rows": rows}, f, indent=2)
+        return
     rows = []
     for name in names:
         rows.append((measure_training if args.train else measure)(name, repeats, warmup=1))

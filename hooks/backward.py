@@ -202,7 +202,7 @@ class _StepRecorder(_Recorder):
         except KeyError:
             rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
         free = rule is not None and rule.free
-        if free and not (isinstance(out, torch.Tensor) and _copies(op, args, out)):
+        if free and not (isinstance(out, torch.Tensor) and _copies(op, args, kwargs, out)):
             return  # most of a backward: views, transposes, detaches
         layer = self._owner(torch._C._current_autograd_node())
         if layer is _OUTSIDE:
@@ -224,7 +224,7 @@ class _StepRecorder(_Recorder):
             except Exception as exc:
                 raise self._rule_error(f"rule {rule.name} failed on {name} in the backward of {_layer(layer)}: {exc}") from exc
             self.records.append(_new_record((layer, name, name, "counted", (), (), *counts, rule.name,
-                                             *call_traffic((args, kwargs), out))))
+                                             *call_traffic(args, kwargs, out))))
 
 
 def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:

@@ -397,7 +397,7 @@ class _Recorder(TorchFunctionMode):
         if rule.free:
             if isinstance(out, torch.Tensor):  # a copy moves bytes, a view does not
                 with torch._C.DisableTorchFunction():
-                    if _copies(func, args, out):
+                    if _copies(func, args, kwargs, out):
                         name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
                         self._free_call(frame, name, func, args, kwargs, out)
             return out
@@ -425,7 +425,7 @@ class _Recorder(TorchFunctionMode):
             except KeyError:
                 rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
             if rule is not None and rule.free:
-                if isinstance(out, torch.Tensor) and _copies(op, args, out):
+                if isinstance(out, torch.Tensor) and _copies(op, args, kwargs, out):
                     self._free_call(frame, self.names.get(op) or self.names.setdefault(op, op_name(op)), op, args, kwargs, out)
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
@@ -436,7 +436,7 @@ class _Recorder(TorchFunctionMode):
     def _free_call(self, frame: list, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """A free call that copies (``torch.cat``, ``to(dtype)``, an embedding): no arithmetic,
         but the bytes it moves."""
-        read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
+        read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, "free", *shapes, 0, 0, 0, "free", read, written)))
 
@@ -462,7 +462,7 @@ class _Recorder(TorchFunctionMode):
                 ) from exc
             if torch._C._functorch.peek_interpreter_stack() is not None:
                 counts = _scaled(counts, _vmap_size(out))
-        read, written = call_traffic((args, kwargs), out, gather=func in GATHERS)
+        read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
         if counts is not ZERO and torch._C._functorch.peek_interpreter_stack() is not None:
             n = _vmap_size(out)
             read, written = read * n, written * n
@@ -628,30 +628,82 @@ class _Recorder(TorchFunctionMode):
         return self.rule_error
 
 
-def _copies(func: Any, args: tuple, out: torch.Tensor) -> bool:
-    """True when a free call's output is new memory: not a view of an input, not an input handed
-    back (``x.contiguous()`` of a contiguous ``x``), unless written in place (``x.copy_(y)``)."""
-    if out._is_view():
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError, TypeError):  # no storage: a functorch wrapper, a sparse tensor
+        return None
+
+
+def _alias(out: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    """``"input"`` when ``out`` is one of the call's input tensors, ``"view"`` when it shares an
+    input's memory, else None: new memory. Memory, not ``_is_view()``: an aten operator's output
+    is not marked as a view yet, an inference tensor's never is, and a view of a call's own result
+    (``F.linear`` with a bias on 3-D input) is new memory."""
+    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)] if kwargs else \
+        [a for a in args if isinstance(a, torch.Tensor)]
+    for a in inputs:
+        if out is a:
+            return "input"
+    storage = _storage(out)
+    if storage is None:
+        return "view" if out._is_view() else None
+    for a in inputs:
+        if _storage(a) == storage:
+            return "view"
+    return None
+
+
+_INPLACE_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _writes_in_place(func: Any, args: tuple, kwargs: dict) -> bool:
+    """True for a call that writes into its input: ``x.copy_(y)``, ``aten.add_``, or a function
+    called with ``inplace=True`` (``F.relu(x, True)``; a dropout only when training)."""
+    packet = getattr(func, "overloadpacket", None)
+    name = getattr(packet if packet is not None else func, "__name__", "")
+    if name.endswith("_") and not name.startswith("__"):
+        return True
+    try:
+        signature = _INPLACE_SIGNATURES[func]
+    except KeyError:
+        try:
+            signature = inspect.signature(func)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None and "inplace" not in signature.parameters:
+            signature = None
+        _INPLACE_SIGNATURES[func] = signature
+    if signature is None:
         return False
-    for arg in args:
-        if out is arg:
-            return getattr(func, "__name__", "").endswith("_")
-    if torch.is_inference_mode_enabled():  # views of inference tensors are not marked as views
-        storage = out.untyped_storage()._cdata
-        return not any(isinstance(a, torch.Tensor) and a.untyped_storage()._cdata == storage for a in args)
-    return True
+    try:
+        bound = signature.bind(*args, **kwargs).arguments
+    except TypeError:
+        return False
+    return bound.get("inplace") is True and bound.get("training", True) is not False
+
+
+def _copies(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> bool:
+    """True when a free call moves bytes: its output is new memory, not a view of an input or an
+    input handed back (``x.contiguous()`` of a contiguous ``x``), or it writes in place."""
+    alias = _alias(out, args, kwargs)
+    return alias is None or alias == "input" and _writes_in_place(func, args, kwargs)
 
 
 def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, output: Any) -> tuple[int, int]:
-    """Bytes a module call moved (:mod:`hooks.traffic`); nothing when it handed back an input or
-    a view of one (``Identity``, ``Flatten``, ``Dropout`` in eval) unless it works in place."""
-    if isinstance(output, torch.Tensor) and (output._is_view() or _passes_through(args, output)) \
-            and not getattr(module, "inplace", False):
-        return 0, 0
-    inputs = (args, kwargs) if kwargs else args
+    """Bytes a module call moved (:mod:`hooks.traffic`); nothing when it handed back a view of an
+    input (``Flatten``) or an input untouched (``Identity``, ``Dropout`` in eval): an ``inplace=True``
+    module that hands back its input wrote into it, unless it is a dropout in eval."""
+    if isinstance(output, torch.Tensor):
+        alias = _alias(output, args, kwargs)
+        if alias == "view":
+            return 0, 0
+        if alias == "input" and (not getattr(module, "inplace", False)
+                                 or isinstance(module, nn.modules.dropout._DropoutNd) and not module.training):
+            return 0, 0
     if isinstance(module, GATHER_MODULES):
-        return call_traffic(inputs, output, gather=True)
-    return call_traffic(inputs, output, module_tensors(module, leaf))
+        return call_traffic(args, kwargs, output, gather=True)
+    return call_traffic(args, kwargs, output, module_tensors(module, leaf))
 
 
 def _scaled(counts: Counts, n: int) -> Counts:

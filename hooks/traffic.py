@@ -6,8 +6,8 @@ it. A fused kernel moves less: it keeps its intermediates on chip.
 
 - Each tensor counts the bytes of the elements it addresses: a view counts its own elements, not
   its storage's, and an expanded (stride 0) dimension is read once.
-- Within one call each storage is counted once, at its largest view from the same offset: ``x + x``
-  reads ``x`` once, and ``F.linear(x, w)`` next to ``w.t()`` reads ``w`` once.
+- Within one call each tensor's memory is counted once, at its largest view from the same address:
+  ``x + x`` reads ``x`` once, and ``torch.addmm(b, w, w.t())`` reads ``w`` once.
 - A gather (an embedding, ``index_select``, ``x[indices]``) reads its indices and the rows it
   returns, not its whole table: a language model's embedding reads one row per token.
 - A call whose output is a view of its input (``view``, ``transpose``, ``contiguous()`` of a
@@ -37,7 +37,7 @@ GATHER_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of the elements ``t`` addresses; an expanded (stride 0) dimension counts once."""
-    if t.layout != torch.strided:
+    if t.layout != _STRIDED:
         try:
             return t.values().nbytes  # sparse: the stored values
         except (RuntimeError, NotImplementedError):
@@ -50,34 +50,43 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return n
 
 
-def _key(t: torch.Tensor) -> tuple:
+_STRIDED = torch.strided
+_Tensor = torch.Tensor
+
+
+def _key_and_bytes(t: torch.Tensor) -> tuple[Any, int]:
+    """Where ``t``'s elements start (its address; its storage and offset on the meta device, where
+    every address is 0) and their bytes."""
     try:
-        return t.untyped_storage()._cdata, t.storage_offset()
+        n = t.nbytes
+        if n and not t.is_contiguous():
+            n = tensor_bytes(t)
+        return t.data_ptr() or (t.untyped_storage()._cdata, t.storage_offset()), n
     except (RuntimeError, NotImplementedError, TypeError):  # no storage: a functorch wrapper, a sparse tensor
-        return id(t), 0
+        return id(t), tensor_bytes(t)
 
 
 def traffic(value: Any, seen: dict, integral_only: bool = False) -> int:
     """Bytes of the tensors in ``value`` (searched through tuples, lists and dicts) that ``seen``
-    has not counted yet; ``seen`` maps (storage, offset) to the bytes counted there.
+    has not counted yet; ``seen`` maps where a tensor starts to the bytes counted there.
     ``integral_only`` counts integer and boolean tensors only (a gather's indices)."""
-    if isinstance(value, torch.Tensor):
-        if integral_only and (value.is_floating_point() or value.is_complex()):
-            return 0
-        key = _key(value)
-        n = tensor_bytes(value)
-        before = seen.get(key, 0)
-        if n <= before:
-            return 0
-        seen[key] = n
-        return n - before
-    if isinstance(value, dict):
+    if isinstance(value, _Tensor):
+        value = (value,)
+    elif isinstance(value, dict):
         value = value.values()
     elif not isinstance(value, (tuple, list)):
         return 0
     total = 0
-    for item in value:
-        if isinstance(item, (torch.Tensor, tuple, list, dict)):
+    for item in value:  # a loop with the work inline: this runs for every call a capture sees
+        if isinstance(item, _Tensor):
+            if integral_only and (item.is_floating_point() or item.is_complex()):
+                continue
+            key, n = _key_and_bytes(item)
+            before = seen.get(key, 0)
+            if n > before:
+                seen[key] = n
+                total += n - before
+        elif isinstance(item, (tuple, list, dict)):
             total += traffic(item, seen, integral_only)
     return total
 
@@ -90,13 +99,18 @@ def module_tensors(module: nn.Module, leaf: bool) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
-def call_traffic(inputs: Any, output: Any, held: list[torch.Tensor] = (), gather: bool = False) -> tuple[int, int]:
-    """``(bytes_read, bytes_written)`` of one call: ``inputs`` and the ``held`` parameters and
-    buffers read, ``output`` written. A gather reads its integer inputs (the indices) and what it
-    writes."""
+def call_traffic(args: tuple, kwargs: dict | None, output: Any, held: list[torch.Tensor] = (),
+                 gather: bool = False) -> tuple[int, int]:
+    """``(bytes_read, bytes_written)`` of one call: its ``args`` and ``kwargs`` and the ``held``
+    parameters and buffers read, ``output`` written. A gather reads its integer inputs (the
+    indices) and what it writes."""
+    written = traffic(output, {})
     seen: dict = {}
-    written = traffic(output, seen)
     if gather:
-        return traffic(inputs, {}, integral_only=True) + written, written
-    read_seen: dict = {}
-    return traffic(inputs, read_seen) + traffic(held, read_seen), written
+        return traffic(args, seen, True) + (traffic(kwargs, seen, True) if kwargs else 0) + written, written
+    read = traffic(args, seen)
+    if kwargs:
+        read += traffic(kwargs, seen)
+    if held:
+        read += traffic(held, seen)
+    return read, written

@@ -189,7 +189,7 @@ def _layer_row(layer: Layer, prefix: str, label: str | None = None) -> Row:
 def _function_row(stat: FunctionStat, depth: int, prefix: str) -> Row:
     return Row(prefix, stat.function.rpartition(".")[2] + "()", stat.function, depth, stat.calls,
                stat.status, (), (), None, stat.counts, stat.status == "uncounted", bytes=stat.bytes,
-               roofline_time=stat.roofline_time)
+               roofline_time=stat.roofline_time, bound=stat.bound)
 
 
 def _has_own_training_work(layer: Layer) -> bool:

@@ -11,6 +11,7 @@ the estimate is a lower bound on the time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,13 +39,12 @@ class Device:
     """Bytes of device memory, for reference."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bandwidth, (int, float)) or isinstance(self.bandwidth, bool) or self.bandwidth <= 0:
-            raise ValueError(f"bandwidth must be a positive number of bytes per second, not {self.bandwidth!r}")
-        flops = {dtype_name(k): v for k, v in dict(self.flops).items()}
-        bad = {k: v for k, v in flops.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
-        if not flops or bad:
-            raise ValueError(f"flops must map dtype names to positive peak FLOP/s, not {dict(self.flops)!r}")
-        object.__setattr__(self, "flops", flops)
+        if not _positive(self.bandwidth):
+            raise ValueError(f"bandwidth must be a positive, finite number of bytes per second, not {self.bandwidth!r}")
+        given = dict(self.flops)
+        if not given or not all(isinstance(k, (str, torch.dtype)) and _positive(v) for k, v in given.items()):
+            raise ValueError(f"flops must map dtype names to positive, finite peak FLOP/s, not {given!r}")
+        object.__setattr__(self, "flops", {dtype_name(k): v for k, v in given.items()})
 
     def peak(self, dtype: str | torch.dtype) -> float:
         """Peak dense FLOP/s for ``dtype``; ValueError listing the dtypes this device has figures for."""
@@ -53,6 +53,10 @@ class Device:
             return self.flops[name]
         except KeyError:
             raise ValueError(f"{self.name} has no peak FLOP/s for {name}; it has {', '.join(self.flops)}") from None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
@@ -130,7 +134,8 @@ def estimated_tree(layer: Layer, peak: float, bandwidth: float) -> Layer:
     itself, then its children. A training profile's backward counts as the layer's work too."""
     kids = tuple(estimated_tree(k, peak, bandwidth) for k in layer.children)
     functions = tuple(
-        replace(f, roofline_time=estimate(f.counts.flops, f.bytes, peak, bandwidth)[0]) for f in layer.functions
+        replace(f, **dict(zip(("roofline_time", "bound"), estimate(f.counts.flops, f.bytes, peak, bandwidth))))
+        for f in layer.functions
     )
     module_flops = layer.own.flops - sum(f.counts.flops for f in layer.functions)
     module_bytes = layer.own_bytes - sum(f.bytes for f in layer.functions)

@@ -32,6 +32,7 @@ class FunctionStat:
     bytes_written: int = 0
     roofline_time: float | None = None
     """Estimated seconds on a device (``result.roofline(device)``), else None."""
+    bound: str = ""
 
     @property
     def bytes(self) -> int:

@@ -51,12 +51,14 @@ def format_bytes(n: int, units: str = "human") -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """``12.3 ms``, ``456 us``, ``1.20 s``."""
+    """``12.3 ms``, ``456 us``, ``1.20 s``, ``15.2 ns``."""
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
+    if seconds >= 1e-6 or not seconds:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e9:.1f} ns"  # a roofline estimate of a small call
 
 
 def format_rate(per_second: float) -> str:

@@ -1,0 +1,192 @@
+"""Roofline estimates (profiler.roofline): per call the larger of FLOPs / peak and bytes /
+bandwidth, summed up the layer tree; devices, dtypes, tables and exports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from profiler import DEVICES, Device, RooflineResult, profile, profile_training
+from profiler.roofline import lookup_device
+from conftest import Block
+from test_report import github_cells
+
+H100 = DEVICES["H100-SXM5"]
+F32 = torch.float32.itemsize
+
+
+def roof(flops: float, nbytes: float, peak: float, bandwidth: float) -> float:
+    """The roofline: a call takes at least its FLOPs at peak and at least its bytes at full bandwidth."""
+    return max(flops / peak, nbytes / bandwidth)
+
+
+def linear_4096(rows: int, *shape: int) -> RooflineResult:
+    """``Linear(4096, 4096)`` in bfloat16 on ``rows`` rows (meta tensors: nothing is computed)."""
+    with torch.device("meta"):
+        model = nn.Linear(4096, 4096, dtype=torch.bfloat16)
+        return profile(model, torch.rand(*(shape or (rows,)), 4096, dtype=torch.bfloat16)).roofline("H100-SXM5")
+
+
+def linear_4096_bytes(rows: int) -> int:
+    return 2 * rows * 4096 + 2 * 4096 * 4096 + 2 * 4096 + 2 * rows * 4096  # input, weight, bias; output
+
+
+def test_linear_at_batch_1_is_memory_bound():
+    estimate = linear_4096(1)
+    assert estimate.time == linear_4096_bytes(1) / H100.bandwidth == linear_4096_bytes(1) / 3.35e12
+    assert estimate.bound == estimate.root.bound == "memory"
+    assert 2 * 1 * 4096 * 4096 / H100.flops["bfloat16"] < estimate.time
+    assert (estimate.device, estimate.dtype, estimate.peak) == (H100, "bfloat16", H100.flops["bfloat16"])
+
+
+def test_linear_at_8192_rows_is_compute_bound():
+    estimate = linear_4096(8192)
+    assert estimate.total_flops == 2 * 8192 * 4096 * 4096
+    assert estimate.time == 2 * 8192 * 4096 * 4096 / H100.flops["bfloat16"]
+    assert estimate.bound == "compute"
+    assert linear_4096_bytes(8192) / H100.bandwidth < estimate.time
+
+
+def test_a_decoding_step_is_memory_bound_too():
+    estimate = linear_4096(1, 1, 1)  # (batch, sequence, hidden): one token
+    assert (estimate.time, estimate.bound) == (linear_4096_bytes(1) / H100.bandwidth, "memory")
+
+
+# Linear(8, 16) on (3, 8) in float32
+LINEAR_FLOPS = 2 * 3 * 8 * 16
+LINEAR_BYTES = F32 * (3 * 8 + 16 * 8 + 16) + F32 * 3 * 16
+
+
+@pytest.mark.parametrize(("flops", "bandwidth", "bound"), [
+    pytest.param({"float32": 1e3}, 1e3, "memory", id="memory-bound"),
+    pytest.param({torch.float32: 1e2}, 1e6, "compute", id="compute-bound, a torch.dtype key"),
+])
+def test_a_user_defined_device(flops, bandwidth, bound):
+    device = Device("toy", flops, bandwidth=bandwidth)
+    estimate = profile(nn.Linear(8, 16), torch.rand(3, 8)).roofline(device)
+    peak = next(iter(flops.values()))
+    assert (estimate.device, estimate.peak, estimate.bound) == (device, peak, bound)
+    assert estimate.time == roof(LINEAR_FLOPS, LINEAR_BYTES, peak, bandwidth)
+
+
+@pytest.mark.parametrize(("flops", "bandwidth"), [
+    pytest.param({}, 1e12, id="no flops"),
+    pytest.param({"float32": 0}, 1e12, id="zero peak"),
+    pytest.param({"float32": -1e12}, 1e12, id="negative peak"),
+    pytest.param({"float32": "1e12"}, 1e12, id="string peak"),
+    pytest.param({"float32": True}, 1e12, id="bool peak"),
+    pytest.param({"float32": float("nan")}, 1e12, id="nan peak"),
+    pytest.param({"float32": 1e12}, 0, id="zero bandwidth"),
+    pytest.param({"float32": 1e12}, -1.0, id="negative bandwidth"),
+    pytest.param({"float32": 1e12}, True, id="bool bandwidth"),
+    pytest.param({"float32": 1e12}, "3e12", id="string bandwidth"),
+    pytest.param({"float32": 1e12}, float("nan"), id="nan bandwidth"),
+])
+def test_bad_device_values_are_refused_naming_the_value(flops, bandwidth):
+    if bandwidth == 1e12:  # a valid bandwidth: the flops are bad
+        message = f"flops must map dtype names to positive, finite peak FLOP/s, not {flops!r}"
+    else:
+        message = f"bandwidth must be a positive, finite number of bytes per second, not {bandwidth!r}"
+    with pytest.raises(ValueError) as info:
+        Device("bad", flops, bandwidth=bandwidth)
+    assert str(info.value) == message
+
+
+def test_an_unknown_device_lists_every_known_one():
+    result = profile(nn.Linear(8, 16), torch.rand(3, 8))
+    with pytest.raises(ValueError, match="unknown device 'B200'") as info:
+        result.roofline("B200")
+    for name in DEVICES:
+        assert name in str(info.value)
+    assert lookup_device(" h100 ") is lookup_device("H100-SXM5") is H100  # names and aliases, any case
+    with pytest.raises(TypeError, match="device must be a device name or a Device, not int"):
+        result.roofline(100)
+
+
+def test_a_dtype_the_device_has_no_figure_for():
+    result = profile(nn.Linear(8, 16).double(), torch.rand(3, 8, dtype=torch.float64))
+    message = f"L4 has no peak FLOP/s for float64; it has {', '.join(DEVICES['L4'].flops)}"
+    with pytest.raises(ValueError, match=message):
+        result.roofline("L4")  # the default: the parameters' dtype
+    with pytest.raises(ValueError, match="H100-SXM5 has no peak FLOP/s for int4"):
+        profile(nn.Linear(8, 16), torch.rand(3, 8)).roofline("H100", dtype="int4")
+
+
+@pytest.mark.parametrize(("model_dtype", "dtype", "name"), [
+    pytest.param(torch.float32, None, "float32", id="float32 model"),
+    pytest.param(torch.bfloat16, None, "bfloat16", id="bfloat16 model"),
+    pytest.param(torch.float32, "tf32", "tf32", id="float32 model at the tf32 peak"),
+    pytest.param(torch.float32, torch.float16, "float16", id="a torch.dtype"),
+    pytest.param(torch.float32, "fp8", "float8", id="an alias"),
+])
+def test_dtype_defaults_to_the_parameters_and_can_be_overridden(model_dtype, dtype, name):
+    model = nn.Linear(8, 16, dtype=model_dtype)
+    estimate = profile(model, torch.rand(3, 8, dtype=model_dtype)).roofline("H100-SXM5", dtype=dtype)
+    assert (estimate.dtype, estimate.peak) == (name, H100.flops[name])
+    nbytes = LINEAR_BYTES * model_dtype.itemsize // F32
+    assert estimate.time == roof(LINEAR_FLOPS, nbytes, H100.flops[name], H100.bandwidth)
+
+
+@pytest.fixture
+def blocks():
+    """A layer that calls a torch function itself (Block's add) and leaves under it."""
+    torch.manual_seed(0)
+    return profile(nn.Sequential(Block(), nn.Linear(8, 4)), torch.rand(3, 8)).roofline("A100")
+
+
+def test_each_layer_is_its_own_estimate_plus_its_childrens(blocks):
+    for layer in blocks.layers:
+        assert layer.roofline_time == pytest.approx(layer.own_roofline_time + sum(c.roofline_time for c in layer.children),
+                                                    rel=1e-12), layer.name
+
+
+def test_the_total_is_the_sum_of_each_calls_estimate(blocks):
+    peak, bandwidth = DEVICES["A100-SXM4-80GB"].flops["float32"], DEVICES["A100-SXM4-80GB"].bandwidth
+    leaves = [layer for layer in blocks.layers if not layer.children]
+    assert [layer.name for layer in leaves] == ["0.proj", "0.act", "1"]
+    for leaf in leaves:
+        assert leaf.roofline_time == roof(leaf.total.flops, leaf.bytes, peak, bandwidth), leaf.name
+        assert leaf.bound == ("compute" if leaf.total.flops / peak >= leaf.bytes / bandwidth else "memory")
+    add = roof(3 * 8, F32 * 3 * 8 * 2 + F32 * 3 * 8, peak, bandwidth)  # Block's x + ...: one FLOP per element
+    assert blocks.layer("0").own_roofline_time == add
+    assert blocks.layer("0").functions[0].roofline_time == add
+    assert blocks.time == pytest.approx(add + sum(leaf.roofline_time for leaf in leaves), rel=1e-12)
+    assert blocks.layer("1").roofline_time == roof(2 * 3 * 8 * 4, F32 * (3 * 8 + 4 * 8 + 4 + 3 * 4), peak, bandwidth)
+
+
+def test_to_dict_and_csv_carry_the_estimates(blocks):
+    report = json.loads(json.dumps(blocks.to_dict()))
+    assert (report["totals"]["roofline_time"], report["totals"]["bound"]) == (blocks.time, blocks.bound)
+    assert [(entry["name"], entry["roofline_time"], entry["bound"]) for entry in report["layers"]] == \
+        [(layer.name, layer.roofline_time, layer.bound) for layer in blocks.layers]
+    assert "roofline_time" not in blocks.source.to_dict()["totals"]
+    assert blocks.to_csv().splitlines()[0].endswith(",roofline_time,bound")
+
+
+def test_the_roofline_table_has_estimate_columns_and_a_plain_table_refuses_them(blocks):
+    header, body = github_cells(blocks.table(tablefmt="github", units="exact"))
+    assert header == ["Layer", "Type", "FLOPs", "Bytes", "FLOP/B", "Est. time", "Bound"]
+    assert body[-1][0] == "Total" and body[-1][-1] == blocks.bound
+    assert body[-1][3] == f"{blocks.total_bytes:,}"
+    plain = blocks.source
+    for options in ({"columns": ["layer", "roofline_time"]}, {"columns": "layer,bound"}, {"sort_by": "roofline_time"}):
+        with pytest.raises(ValueError, match="needs a device: result.roofline"):
+            plain.table(**options)
+
+
+def test_a_training_step_takes_at_least_its_forward():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)), torch.rand(3, 8)
+    training = profile_training(model, inputs=(x,)).roofline("H100-SXM5")
+    forward = profile(model, x).roofline("H100-SXM5")
+    assert training.time > forward.time
+    for name in ("0", "1", "2"):
+        assert training.layer(name).roofline_time > forward.layer(name).roofline_time, name
+    peak, bandwidth = H100.flops["float32"], H100.bandwidth
+    for leaf in (training.layer(name) for name in ("0", "1", "2")):  # the forward's call, then the backward's
+        assert leaf.own_roofline_time == pytest.approx(
+            roof(leaf.own.flops, leaf.own_bytes, peak, bandwidth)
+            + roof(leaf.own_backward.flops, leaf.own_backward_bytes, peak, bandwidth), rel=1e-12), leaf.name
