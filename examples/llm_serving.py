@@ -54,9 +54,9 @@ def main() -> None:
     layers = config.num_hidden_layers
     context = sum(s.context for s in result.steps) / len(result.steps)
     matmuls = sum(s.matmul_flops for s in result.steps) / len(result.steps)
-    print(f"\ndecode FLOPs per token, measured:         {result.flops_per_token:,.0f} ({matmuls:,.0f} in matmuls)")
+    print(f"\ndecode FLOPs per token, measured:           {result.flops_per_token:,.0f} ({matmuls:,.0f} in matmuls)")
     print(f"Kaplan et al., 2·N + 2·n_layer·n_ctx·d_attn: {kaplan(n, layers, context, d_attn):,.0f} (mean n_ctx {context})")
-    print(f"with attention·V too, + 2·n_layer·n_ctx·d_attn: {kaplan(n, layers, 2 * context, d_attn):,.0f}")
+    print(f"with attention·V, 2·N + 4·n_layer·n_ctx·d_attn: {kaplan(n, layers, 2 * context, d_attn):,.0f}")
     print("(Kaplan counts Q·Kᵀ but not the attention-weighted sum of the values; N here holds the norms'\n"
           "weights, which do no matmul, and the measured total adds norms, rotary embeddings, SiLU, softmax)")
     print(f"KV cache after {result.tokens.shape[1]} new tokens: {format_bytes(result.kv_cache_bytes)}")

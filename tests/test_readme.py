@@ -17,7 +17,7 @@ import torch
 import torchvision
 from packaging.requirements import Requirement
 
-from profiler import ProfileResult, clever_format, compare_with_thop, profile, profile_training
+from profiler import ProfileResult, clever_format, compare_with_thop, profile, profile_generation, profile_training
 from profiler.cli import build_parser, main
 from profiler.render import MAX_AUTO_ROWS, MAX_WIDTH, TableOptions, notes
 
@@ -145,6 +145,7 @@ def call_signature(function) -> str:
     ("`result.{}`", ProfileResult.html),
     ("`{}`", compare_with_thop),
     ("`{}`", profile_training),
+    ("`{}`", profile_generation),
 ])
 def test_signatures_are_the_codes(written, function):
     assert written.format(call_signature(function)) in README
@@ -185,6 +186,18 @@ def test_training_output_is_what_it_prints():
     step = profile_training(model, inputs=(x,), optimizer="adamw")
     printed = step.table() + "\n\n" + str(step.memory)
     assert [line.rstrip() for line in block.splitlines()] == [line.rstrip() for line in printed.splitlines()]
+
+
+def test_serving_output_is_what_the_example_prints(capsys):
+    phase, big = re.findall(r"^```\n((?:Phase|Layer) .*?)^```", section("## What serving costs"), re.S | re.M)
+    load_example("llm_serving").main()
+    printed = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+
+    def lines(block: str) -> list[str]:
+        return [line.rstrip() for line in block.splitlines()]
+
+    assert printed[:len(lines(phase))] == lines(phase)
+    assert printed[-len(lines(big)):] == lines(big)
 
 
 # ---------------------------------------------------------------- command line
