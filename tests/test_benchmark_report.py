@@ -144,3 +144,18 @@ def test_training_report_below_flop_counter_everywhere():
 
 def test_training_report_all_skipped():
     assert benchmark.training_report(TRAINING_ROWS[3:]).splitlines()[-1].startswith("target: ")
+
+
+def test_generation_report_ratios_and_tokens():
+    rows = [
+        {"model": "gpt2", "plain_ms": 1496.4, "same_tokens": True,
+         "ratios": {"generate": 0.98, "profile_generation": 1.25}},
+        {"model": "llama_gqa", "plain_ms": 1436.4, "same_tokens": False,
+         "ratios": {"generate": 1.02, "profile_generation": 1.31}},
+    ]
+    lines = benchmark.generation_report(rows).splitlines()
+    assert lines[0].split() == ["model", "greedy", "loop", "generate", "profile_generation", "same", "tokens"]
+    assert lines[2].split() == ["gpt2", "1496.4ms", "0.98x", "1.25x", "yes"]
+    assert lines[3].split() == ["llama_gqa", "1436.4ms", "1.02x", "1.31x", "NO"]  # a mismatch is loud
+    assert f"{benchmark.GENERATED_TOKENS} tokens" in lines[-1] and "1.3x" in lines[-1]
+    assert max(len(line) for line in lines) <= benchmark.WIDTH
