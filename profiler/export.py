@@ -20,6 +20,7 @@ CSV_FIELDS = (
 TRAINING_FIELDS = (
     "backward_macs", "backward_flops", "backward_matmul_flops", "own_backward_macs", "own_backward_flops",
     "own_backward_matmul_flops", "backward_uncounted", "activation_bytes", "own_activation_bytes",
+    "backward_bytes", "own_backward_bytes",
 )
 """The columns a training profile adds to each layer."""
 
@@ -35,6 +36,8 @@ def _training_fields(layer: Layer) -> dict[str, Any]:
         "backward_uncounted": layer.backward_uncounted_calls > 0,
         "activation_bytes": layer.activation_bytes,
         "own_activation_bytes": layer.own_activation_bytes,
+        "backward_bytes": layer.backward_bytes,
+        "own_backward_bytes": layer.own_backward_bytes,
     }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_WIDTH",
     "SORT_KEYS",
     "ROOFLINE_COLUMNS",
+    "TRAINING_ROOFLINE_COLUMNS",
     "TRAINING_COLUMNS",
     "Row",
     "TableOptions",
@@ -74,6 +75,8 @@ TRAINING_COLUMNS = ("layer", "type", "params", "flops", "bwd_flops", "act_bytes"
 TIME_COLUMNS = ("time", "flops_per_s")
 ROOFLINE_COLUMNS = ("layer", "type", "flops", "bytes", "intensity", "roofline_time", "bound")
 """The default columns of a roofline estimate (``result.roofline(device)``)."""
+TRAINING_ROOFLINE_COLUMNS = ("layer", "type", "flops", "bwd_flops", "bytes", "roofline_time", "bound")
+"""The default columns of a training profile's roofline: its estimates include the backward."""
 _NEEDS_ROOFLINE = ("roofline_time", "bound")
 _NEEDS_TRAINING = ("bwd_flops", "act_bytes")
 SORT_KEYS = ("macs", "flops", "params", "time", "bwd_flops", "act_bytes", "bytes", "roofline_time")

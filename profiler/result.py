@@ -12,7 +12,9 @@ import torch
 
 from profiler.export import layer_records, to_csv_text, to_dict
 from profiler.html import html_table
-from profiler.render import DEFAULT_COLUMNS, ROOFLINE_COLUMNS, TIME_COLUMNS, TableOptions, find, text_table
+from profiler.render import (
+    DEFAULT_COLUMNS, ROOFLINE_COLUMNS, TIME_COLUMNS, TRAINING_ROOFLINE_COLUMNS, TableOptions, find, text_table,
+)
 from profiler.roofline import Device, estimated_tree, resolved
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
@@ -223,7 +225,9 @@ class ProfileResult(tuple):
 class RooflineResult(ProfileResult):
     """A result's layers with estimated times on a device (:meth:`ProfileResult.roofline`): it
     unpacks, tabulates and exports as the result it came from, with ``roofline_time`` and ``bound``
-    on every layer and columns of those names in its tables."""
+    on every layer and columns of those names in its tables. A training profile's estimates include
+    its backward (its tables add ``bwd_flops``; the ``bytes`` column is the forward's, the
+    backward's are ``backward_bytes`` in the exports)."""
 
     device: Device
     peak: float
@@ -238,6 +242,8 @@ class RooflineResult(ProfileResult):
         self.device, self.dtype, self.peak = device, name, peak
         self.source = result
         self.__dict__["root"] = estimated_tree(result.root, peak, device.bandwidth)
+        if self.root.backward is not None:
+            self._default_columns = TRAINING_ROOFLINE_COLUMNS
         return self
 
     @property

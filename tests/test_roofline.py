@@ -190,3 +190,7 @@ def test_a_training_step_takes_at_least_its_forward():
         assert leaf.own_roofline_time == pytest.approx(
             roof(leaf.own.flops, leaf.own_bytes, peak, bandwidth)
             + roof(leaf.own_backward.flops, leaf.own_backward_bytes, peak, bandwidth), rel=1e-12), leaf.name
+    header = training.table(depth=1).splitlines()[0]
+    assert "Bwd FLOPs" in header and "Est. time" in header  # the estimate includes the backward: so does the table
+    data = training.to_dict()["layers"]
+    assert [d["own_backward_bytes"] for d in data] == [l.own_backward_bytes for l in training.layers]
