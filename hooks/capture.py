@@ -32,7 +32,7 @@ from hooks.counts import ZERO, Counts, checked
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 from hooks.rules.common import positional
-from hooks.traffic import GATHER_MODULES, GATHERS, call_traffic, module_tensors
+from hooks.traffic import GATHER_MODULES, GATHERS, call_traffic, module_tensors, tensor_bytes, traffic
 
 __all__ = [
     "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
@@ -322,6 +322,7 @@ class _Recorder(TorchFunctionMode):
         self.aten = AtenCounter(self._count_operator)
         self.aten_on = 0  # frames and calls that have the aten counter pushed
         self.aten_rules: dict[Any, Rule | None] = {}
+        self.held: dict[nn.Module, int] = {}  # bytes of each module's parameters and buffers, once known
         self.thread = threading.get_ident()  # global hooks see other threads' module calls too
         self.failure: tuple[list, BaseException] | None = None  # (frame, exception) where the forward raised
         self.rule_error: RuleError | None = None
@@ -539,7 +540,8 @@ class _Recorder(TorchFunctionMode):
                     self.ran_nothing = True  # the outermost layer called nothing at all
                 status = "uncounted" if leaf and frame[1] == 0 and not _passes_through(args, output) else "traced"
                 # a traced layer's bytes are its calls'; an uncounted leaf's are its own
-                read, written = _module_traffic(module, True, args, kwargs, output) if status == "uncounted" else (0, 0)
+                read, written = _module_traffic(module, True, args, kwargs, output, self.held) \
+                    if status == "uncounted" else (0, 0)
                 self.records.append(_new_record((name, _type_name(module), None, status,
                                                  _input_shapes(args, kwargs), shapes_of(output), 0, 0, 0, None,
                                                  read, written)))
@@ -555,7 +557,7 @@ class _Recorder(TorchFunctionMode):
                 counts, status = ZERO, "uncounted"
             else:
                 counts = self._apply(rule, module, name, _bind(module, args, kwargs), output)
-            read, written = _module_traffic(module, leaf, args, kwargs, output)
+            read, written = _module_traffic(module, leaf, args, kwargs, output, self.held)
             self.records.append(_new_record((name, type(module).__name__, None, status,
                                              _input_shapes(args, kwargs), shapes_of(output), *counts,
                                              rule.name if status != "uncounted" else None, read, written)))
@@ -579,7 +581,7 @@ class _Recorder(TorchFunctionMode):
         if (counts.flops, counts.matmul_flops) != (traced.flops, traced.matmul_flops):
             return False
         del self.records[start:]
-        read, written = _module_traffic(module, self.plan[module][2], frame[3], kwargs, output)
+        read, written = _module_traffic(module, self.plan[module][2], frame[3], kwargs, output, self.held)
         self.records.append(_new_record((frame[0], type(module).__name__, None, "free" if rule.free else "counted",
                                          _input_shapes(frame[3], kwargs), shapes_of(output), *counts, rule.name,
                                          read, written)))
@@ -690,12 +692,16 @@ def _copies(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> bool:
     return alias is None or alias == "input" and _writes_in_place(func, args, kwargs)
 
 
-def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, output: Any) -> tuple[int, int]:
+def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, output: Any,
+                    held: dict[nn.Module, int]) -> tuple[int, int]:
     """Bytes a module call moved (:mod:`hooks.traffic`); nothing when it handed back a view of an
     input (``Flatten``) or an input untouched (``Identity``, ``Dropout`` in eval): an ``inplace=True``
-    module that hands back its input wrote into it, unless it is a dropout in eval."""
+    module that hands back its input wrote into it, unless it is a dropout in eval. ``held`` caches
+    the bytes of each module's parameters and buffers for the capture."""
     if isinstance(output, torch.Tensor):
-        alias = _alias(output, args, kwargs)
+        # an eager view is marked as one; an inference tensor's views are not
+        alias = _alias(output, args, kwargs) if output._is_view() or output.is_inference() else \
+            "input" if _passes_through(args, output) else None
         if alias == "view":
             return 0, 0
         if alias == "input" and (not getattr(module, "inplace", False)
@@ -703,7 +709,13 @@ def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, ou
             return 0, 0
     if isinstance(module, GATHER_MODULES):
         return call_traffic(args, kwargs, output, gather=True)
-    return call_traffic(args, kwargs, output, module_tensors(module, leaf))
+    params = held.get(module)
+    if params is None:
+        params = held[module] = traffic(module_tensors(module, leaf), {})
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+        return tensor_bytes(args[0]) + params, tensor_bytes(output)  # most module calls
+    read, written = call_traffic(args, kwargs, output)
+    return read + params, written
 
 
 def _scaled(counts: Counts, n: int) -> Counts:

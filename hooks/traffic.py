@@ -104,7 +104,7 @@ def call_traffic(args: tuple, kwargs: dict | None, output: Any, held: list[torch
     """``(bytes_read, bytes_written)`` of one call: its ``args`` and ``kwargs`` and the ``held``
     parameters and buffers read, ``output`` written. A gather reads its integer inputs (the
     indices) and what it writes."""
-    written = traffic(output, {})
+    written = tensor_bytes(output) if isinstance(output, _Tensor) else traffic(output, {})
     seen: dict = {}
     if gather:
         return traffic(args, seen, True) + (traffic(kwargs, seen, True) if kwargs else 0) + written, written
