@@ -491,7 +491,7 @@ def meta_llama_line(row: dict) -> str:
 
 def _generation_models() -> dict[str, Callable[[], nn.Module]]:
     """GPT-2 small's shape (124M parameters) and a LLaMA shape of 8 layers with grouped-query
-    attention (16 query heads, 4 key/value heads; 172M): random weights, eager attention."""
+    attention (16 query heads, 4 key/value heads; 156M): random weights, eager attention."""
     import transformers
 
     def gpt2():
