@@ -45,6 +45,15 @@ def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+def compute_dtype(model: nn.Module, args: tuple, kwargs: Mapping[str, Any] | None = None) -> torch.dtype:
+    """The dtype a forward computes in, for the roofline's peak: the model's first floating-point
+    parameter or buffer's, else its first floating-point input's, else the default dtype."""
+    for tensor in (*model.parameters(), *model.buffers(), *args, *(kwargs or {}).values()):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
 def _random_inputs(model: nn.Module, input_size: Any, input_dtype: torch.dtype | None) -> tuple:
     """One tensor per size: uniform [0, 1) on the model's device and dtype; zeros (a valid token
     id everywhere) for an integer ``input_dtype``."""
@@ -178,7 +187,7 @@ def profile(
             print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
     warn_uncounted(uncounted)
     return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info,
-                         dtype=_device_and_dtype(model)[1])
+                         dtype=compute_dtype(model, args, forward_kwargs))
 
 
 def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool, training: bool = False) -> None:

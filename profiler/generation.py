@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from hooks import REGISTRY, capture_forward
 from hooks.capture import Capture, record_traffic
 from hooks.traffic import tensor_bytes
-from profiler.api import _check_devices, _device_and_dtype, check_counted, warn_uncounted
+from profiler.api import _check_devices, check_counted, compute_dtype, warn_uncounted
 from profiler.result import ProfileResult, RooflineResult
 from profiler.roofline import Device
 from profiler.tree import uncounted_summary
@@ -208,7 +208,7 @@ def profile_generation(
     for capture in captures:
         check_counted(capture, uncounted, strict)
     warn_uncounted(uncounted)
-    dtype = _device_and_dtype(model)[1]
+    dtype = compute_dtype(model, (), extra)
     return GenerationResult(captures, steps, torch.cat(new_tokens, dim=1), dtype)
 
 

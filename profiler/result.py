@@ -15,7 +15,7 @@ from profiler.html import html_table
 from profiler.render import (
     DEFAULT_COLUMNS, ROOFLINE_COLUMNS, TIME_COLUMNS, TRAINING_ROOFLINE_COLUMNS, TableOptions, find, text_table,
 )
-from profiler.roofline import Device, estimated_tree, resolved
+from profiler.roofline import Device, call_times, estimated_tree, resolved
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
 from profiler.units import format_count, format_seconds
@@ -241,7 +241,8 @@ class RooflineResult(ProfileResult):
         self._parts, self._totals, self.uncounted = result._parts, result._totals, result.uncounted
         self.device, self.dtype, self.peak = device, name, peak
         self.source = result
-        self.__dict__["root"] = estimated_tree(result.root, peak, device.bandwidth)
+        times = call_times(result._parts[1], result._parts[3], peak, device.bandwidth)
+        self.__dict__["root"] = estimated_tree(result.root, times)
         if self.root.backward is not None:
             self._default_columns = TRAINING_ROOFLINE_COLUMNS
         return self

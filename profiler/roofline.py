@@ -3,7 +3,8 @@
 A call takes at least its FLOPs over the device's peak FLOP/s for the dtype, and at least its
 bytes over the memory bandwidth; the estimate is the larger of the two, and the call is
 compute-bound or memory-bound by which one it is. A layer's estimate adds up its calls' (its
-rule's call, each torch function it called itself, its copies) and its children's. The bytes
+rule's call, each torch function it called itself, its copies, its backward's operators) and its
+children's; it is bound by the roof its calls spend most of their time against. The bytes
 are the unfused traffic of :mod:`hooks.traffic`; every FLOP is taken at the dtype's peak
 (elementwise work runs slower off the tensor cores, and kernels rarely reach either peak), so
 the estimate is a lower bound on the time.
@@ -12,15 +13,17 @@ the estimate is a lower bound on the time.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from hooks import Record
 from profiler.tree import Layer
 
-__all__ = ["DEVICES", "Device", "dtype_name", "estimate", "estimated_tree", "lookup_device"]
+__all__ = ["DEVICES", "Device", "call_times", "dtype_name", "estimate", "estimated_tree", "lookup_device"]
 
 
 @dataclass(frozen=True)
@@ -124,31 +127,58 @@ def estimate(flops: int, nbytes: int, peak: float, bandwidth: float) -> tuple[fl
     return (compute, "compute") if compute >= memory else (memory, "memory")
 
 
-def _bound(flops: int, nbytes: int, peak: float, bandwidth: float) -> str:
-    return estimate(flops, nbytes, peak, bandwidth)[1]
+_BACKWARD = "(backward)"
 
 
-def estimated_tree(layer: Layer, peak: float, bandwidth: float) -> Layer:
-    """``layer``'s tree with ``roofline_time`` and ``bound`` filled in, call group by call group:
-    the layer's own module calls (with the copies it made), each torch function it called
-    itself, then its children. A training profile's backward counts as the layer's work too."""
-    kids = tuple(estimated_tree(k, peak, bandwidth) for k in layer.children)
-    functions = tuple(
-        replace(f, **dict(zip(("roofline_time", "bound"), estimate(f.counts.flops, f.bytes, peak, bandwidth))))
-        for f in layer.functions
-    )
-    module_flops = layer.own.flops - sum(f.counts.flops for f in layer.functions)
-    module_bytes = layer.own_bytes - sum(f.bytes for f in layer.functions)
-    own = estimate(module_flops, module_bytes, peak, bandwidth)[0] + sum(f.roofline_time for f in functions)
-    flops, nbytes = layer.total.flops, layer.bytes
-    if layer.backward is not None:  # the backward's operators, as one group per layer
-        own += estimate(layer.own_backward.flops, layer.own_backward_bytes, peak, bandwidth)[0]
-        flops += layer.backward.flops
-        nbytes += layer.backward_bytes
-    return replace(
-        layer, children=kids, functions=functions, own_roofline_time=own,
-        roofline_time=own + sum(k.roofline_time for k in kids), bound=_bound(flops, nbytes, peak, bandwidth),
-    )
+def call_times(records: Iterable[Record], backward: Iterable[Record] | None, peak: float,
+               bandwidth: float) -> dict[tuple[str, str | None], list[float]]:
+    """Each call's estimate, added up by where a table shows it: ``(layer, None)`` for the layer's
+    own module calls and the copies it made, ``(layer, function)`` for a torch function it called,
+    ``(layer, "(backward)")`` for its backward's operators. Each value is ``[seconds, seconds of
+    compute-bound calls, seconds of memory-bound calls]``."""
+    times: dict[tuple[str, str | None], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for kind, group in ((None, records), (_BACKWARD, backward or ())):
+        for r in group:
+            seconds, bound = estimate(r.flops, r.bytes_read + r.bytes_written, peak, bandwidth)
+            if not seconds:
+                continue
+            key = (r.name, kind if kind is not None or r.function is None or r.status == "free" else r.function)
+            entry = times[key]
+            entry[0] += seconds
+            entry[1 if bound == "compute" else 2] += seconds
+    return times
+
+
+def _bound(compute: float, memory: float) -> str:
+    """The roof most of the time is spent against; ``""`` when no time is."""
+    if not compute and not memory:
+        return ""
+    return "compute" if compute >= memory else "memory"
+
+
+def estimated_tree(layer: Layer, times: Mapping[tuple[str, str | None], Sequence[float]]) -> Layer:
+    """``layer``'s tree with ``roofline_time`` and ``bound`` filled in from :func:`call_times`: a
+    layer's own time is its calls' (module calls and copies, each torch function it called, its
+    backward's operators), its total adds its children's, and its bound is the roof its subtree's
+    calls spend most of their time against."""
+    return _estimated(layer, times)[0]
+
+
+def _estimated(layer: Layer, times: Mapping[tuple[str, str | None], Sequence[float]]) -> tuple[Layer, float, float]:
+    """The estimated layer, and its subtree's seconds in compute-bound and in memory-bound calls."""
+    zero = (0.0, 0.0, 0.0)
+    kids = [_estimated(k, times) for k in layer.children]
+    functions = []
+    for f in layer.functions:
+        seconds, compute, memory = times.get((layer.name, f.function), zero)
+        functions.append(replace(f, roofline_time=seconds, bound=_bound(compute, memory)))
+    keys = [(layer.name, None), *((layer.name, f.function) for f in layer.functions), (layer.name, _BACKWARD)]
+    own, own_compute, own_memory = (sum(part) for part in zip(*(times.get(key, zero) for key in keys)))
+    compute = own_compute + sum(k[1] for k in kids)
+    memory = own_memory + sum(k[2] for k in kids)
+    estimated = replace(layer, children=tuple(k[0] for k in kids), functions=tuple(functions), own_roofline_time=own,
+                        roofline_time=own + sum(k[0].roofline_time for k in kids), bound=_bound(compute, memory))
+    return estimated, compute, memory
 
 
 def resolved(device: str | Device, dtype: Any) -> tuple[Device, str, float]:

@@ -16,7 +16,9 @@ from torch.utils._pytree import tree_leaves
 from hooks import REGISTRY, ModuleInfo, Record
 from hooks.backward import LossError, capture_step
 from hooks.counts import count_value
-from profiler.api import _device_and_dtype, UncountedWarning, _check_devices, _custom_rules, check_counted, forward_arguments, warn_uncounted
+from profiler.api import (
+    UncountedWarning, _check_devices, _custom_rules, check_counted, compute_dtype, forward_arguments, warn_uncounted,
+)
 from profiler.render import TRAINING_COLUMNS
 from profiler.result import ProfileResult
 from profiler.tree import Uncounted, sum_counts, uncounted_summary
@@ -249,4 +251,4 @@ def profile_training(
     warn_uncounted(uncounted)
     memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
-                          memory, _device_and_dtype(model)[1])
+                          memory, compute_dtype(model, args, forward_kwargs))

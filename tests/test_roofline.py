@@ -194,3 +194,24 @@ def test_a_training_step_takes_at_least_its_forward():
     assert "Bwd FLOPs" in header and "Est. time" in header  # the estimate includes the backward: so does the table
     data = training.to_dict()["layers"]
     assert [d["own_backward_bytes"] for d in data] == [l.own_backward_bytes for l in training.layers]
+
+
+class TwoProducts(nn.Module):
+    """A compute-bound GEMM and a memory-bound GEMV in one layer, both by torch.matmul."""
+
+    def forward(self, a, b, c, d):
+        return torch.matmul(a, b), torch.matmul(c, d)
+
+
+def test_each_call_is_estimated_on_its_own_not_its_group():
+    with torch.device("meta"):
+        a, b = torch.empty(4096, 4096, dtype=torch.bfloat16), torch.empty(4096, 4096, dtype=torch.bfloat16)
+        c, d = torch.empty(1, 4096, dtype=torch.bfloat16), torch.empty(4096, 65536, dtype=torch.bfloat16)
+    estimate = profile(TwoProducts(), (a, b, c, d)).roofline("H100-SXM5")
+    peak, bandwidth = H100.flops["bfloat16"], H100.bandwidth
+    gemm = roof(2 * 4096 * 4096 * 4096, 2 * 3 * 4096 * 4096, peak, bandwidth)  # bound by its FLOPs
+    gemv = roof(2 * 4096 * 65536, 2 * (4096 + 4096 * 65536 + 65536), peak, bandwidth)  # by its bytes
+    assert estimate.time == pytest.approx(gemm + gemv, rel=1e-12)
+    (matmuls,) = estimate.root.functions
+    assert matmuls.roofline_time == estimate.time and matmuls.calls == 2
+    assert estimate.bound == ("compute" if gemm >= gemv else "memory")  # the roof most of the time is spent at
