@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
@@ -32,7 +33,10 @@ from hooks.counts import ZERO, Counts, checked
 from hooks.records import Record, Shape
 from hooks.registry import Resolver, Rule
 from hooks.rules.common import positional
-from hooks.traffic import GATHER_MODULES, GATHERS, call_traffic, module_tensors, tensor_bytes, traffic
+from hooks.traffic import (
+    GATHER_MODULES, GATHERS, METADATA_IN_PLACE, call_traffic, embedding_bag_traffic, free_call_traffic, module_tensors,
+    nbytes, traffic,
+)
 
 __all__ = [
     "ModuleInfo", "Capture", "CaptureError", "RuleError", "attached", "capture_forward", "compiled_runs_eagerly",
@@ -396,9 +400,9 @@ class _Recorder(TorchFunctionMode):
                 self._aten_pop()
         out = func(*args, **kwargs)
         if rule.free:
-            if isinstance(out, torch.Tensor):  # a copy moves bytes, a view does not
+            if isinstance(out, torch.Tensor) or func is _SETITEM:  # a copy moves bytes, a view does not
                 with torch._C.DisableTorchFunction():
-                    if _copies(func, args, kwargs, out):
+                    if out is None or _copies(func, args, kwargs, out):
                         name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
                         self._free_call(frame, name, func, args, kwargs, out)
             return out
@@ -419,15 +423,15 @@ class _Recorder(TorchFunctionMode):
         """Count an aten (or custom) operator in ``frame``'s layer, by :func:`hooks.aten.aten_rule`."""
         frame[1] += 1
         with torch._C.DisableTorchFunction():  # rules' shape reads are not the model's calls
-            if not _is_floating(out):
-                return
             try:
                 rule = self.aten_rules[op]
             except KeyError:
                 rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
-            if rule is not None and rule.free:
+            if rule is not None and rule.free:  # a copy moves bytes, whatever its dtype
                 if isinstance(out, torch.Tensor) and _copies(op, args, kwargs, out):
                     self._free_call(frame, self.names.get(op) or self.names.setdefault(op, op_name(op)), op, args, kwargs, out)
+                return
+            if not _is_floating(out):
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             self._count_call(frame, name, op, rule, args, kwargs, out)
@@ -437,7 +441,9 @@ class _Recorder(TorchFunctionMode):
     def _free_call(self, frame: list, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """A free call that copies (``torch.cat``, ``to(dtype)``, an embedding): no arithmetic,
         but the bytes it moves."""
-        read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
+        base = _base_name(func)
+        in_place = out is None or any(out is a for a in args[:1])
+        read, written = free_call_traffic(base, args, kwargs, out, func in GATHERS, in_place)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, "free", *shapes, 0, 0, 0, "free", read, written)))
 
@@ -463,10 +469,13 @@ class _Recorder(TorchFunctionMode):
                 ) from exc
             if torch._C._functorch.peek_interpreter_stack() is not None:
                 counts = _scaled(counts, _vmap_size(out))
-        read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
-        if counts is not ZERO and torch._C._functorch.peek_interpreter_stack() is not None:
-            n = _vmap_size(out)
-            read, written = read * n, written * n
+        bag = _EMBEDDING_BAGS.get(func)
+        if bag is not None and len(args) > 1:
+            indices, weight = args[bag[0]], args[bag[1]]
+            others = tuple(a for i, a in enumerate(args) if i not in bag)
+            read, written = embedding_bag_traffic(indices, weight, others, out if isinstance(out, torch.Tensor) else out[0])
+        else:
+            read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, status, *shapes, counts.macs, counts.flops,
                                          counts.matmul_flops, rule.name if status == "counted" else None, read, written)))
@@ -659,13 +668,28 @@ def _alias(out: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
 _INPLACE_SIGNATURES: dict[Any, inspect.Signature | None] = {}
 
 
+_SETITEM = torch.Tensor.__setitem__
+# embedding bags: (position of the indices, position of the table)
+_EMBEDDING_BAGS = {
+    F.embedding_bag: (0, 1),
+    torch.ops.aten._embedding_bag.default: (1, 0),
+    torch.ops.aten._embedding_bag_forward_only.default: (1, 0),
+}
+
+
+def _base_name(func: Any) -> str:
+    """``copy_`` for ``torch.Tensor.copy_`` and ``aten.copy_.default``."""
+    packet = getattr(func, "overloadpacket", None)
+    return getattr(packet if packet is not None else func, "__name__", "")
+
+
 def _writes_in_place(func: Any, args: tuple, kwargs: dict) -> bool:
     """True for a call that writes into its input: ``x.copy_(y)``, ``aten.add_``, or a function
-    called with ``inplace=True`` (``F.relu(x, True)``; a dropout only when training)."""
-    packet = getattr(func, "overloadpacket", None)
-    name = getattr(packet if packet is not None else func, "__name__", "")
+    called with ``inplace=True`` (``F.relu(x, True)``; a dropout only when training); not one that
+    changes its metadata only (``x.unsqueeze_(0)``)."""
+    name = _base_name(func)
     if name.endswith("_") and not name.startswith("__"):
-        return True
+        return name not in METADATA_IN_PLACE
     try:
         signature = _INPLACE_SIGNATURES[func]
     except KeyError:
@@ -709,11 +733,13 @@ def _module_traffic(module: nn.Module, leaf: bool, args: tuple, kwargs: dict, ou
             return 0, 0
     if isinstance(module, GATHER_MODULES):
         return call_traffic(args, kwargs, output, gather=True)
+    if isinstance(module, nn.EmbeddingBag) and args and isinstance(output, torch.Tensor):
+        return embedding_bag_traffic(args[0], module.weight, (*args[1:], *kwargs.values()), output)
     params = held.get(module)
     if params is None:
         params = held[module] = traffic(module_tensors(module, leaf), {})
     if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
-        return tensor_bytes(args[0]) + params, tensor_bytes(output)  # most module calls
+        return nbytes(args[0]) + params, nbytes(output)  # most module calls
     read, written = call_traffic(args, kwargs, output)
     return read + params, written
 

@@ -91,6 +91,23 @@ ROW, COLUMN = torch.rand(1, 6).expand(10, 6), torch.rand(10, 1).expand(10, 6)
                  id="F.embedding"),
     pytest.param(lambda x: F.relu(x.clone(), inplace=True), (X,), F32 * 4 * 5 * 2, F32 * 4 * 5 * 2,
                  id="clone then F.relu in place"),
+    pytest.param(lambda x: F.relu(x.clone(), True), (X,), F32 * 4 * 5 * 2, F32 * 4 * 5 * 2,
+                 id="clone then F.relu in place, positionally"),
+    # in place: metadata only, overwrites, scatters
+    pytest.param(lambda x: x.clone().unsqueeze_(0), (X,), F32 * 4 * 5, F32 * 4 * 5, id="clone then unsqueeze_"),
+    pytest.param(lambda x: torch.empty_like(x).copy_(x), (X,), F32 * 4 * 5, F32 * 4 * 5,
+                 id="empty_like then copy_ reads the source only"),
+    pytest.param(lambda x: x.clone().zero_(), (X,), F32 * 4 * 5, F32 * 4 * 5 * 2, id="clone then zero_"),
+    pytest.param(lambda t, i, v: t.clone().index_copy_(0, i, v), (TABLE, INDICES[:2], torch.rand(2, 6)),
+                 F32 * 10 * 6 + I64 * 2 + F32 * 2 * 6, F32 * 10 * 6 + F32 * 2 * 6, id="clone then index_copy_ of 2 rows"),
+    pytest.param(lambda t, v: t.clone().__setitem__((slice(None), 1), v), (TABLE, torch.rand(10)),
+                 F32 * 10 * 6 + F32 * 10, F32 * 10 * 6 + F32 * 10, id="clone then x[:, 1] = v"),
+    # factories and casts
+    pytest.param(torch.empty_like, (X,), 0, 0, id="empty_like moves nothing"),
+    pytest.param(torch.zeros_like, (X,), 0, F32 * 4 * 5, id="zeros_like writes only"),
+    pytest.param(lambda x: x.long(), (X,), F32 * 4 * 5, I64 * 4 * 5, id="long()"),
+    pytest.param(lambda x: x.to(torch.long), (X,), F32 * 4 * 5, I64 * 4 * 5, id="to(long)"),
+    pytest.param(lambda x: x.bool(), (X,), F32 * 4 * 5, 1 * 4 * 5, id="bool()"),
 ])
 def test_function_bytes_closed_form(fn, inputs, read, written):
     assert moved(Call(fn), *inputs) == (read, written)
@@ -233,3 +250,29 @@ def test_to_dict_carries_bytes(sequential):
     for name, (r, w) in SEQUENTIAL_BYTES.items():
         fields = ("bytes_read", "bytes_written", "own_bytes_read", "own_bytes_written")
         assert tuple(layers[name][f] for f in fields) == (r, w, r, w), name
+
+
+def test_an_embedding_bag_reads_a_row_per_index():
+    bag = nn.EmbeddingBag(100, 64)
+    indices = torch.randint(0, 100, (1, 1000), generator=torch.Generator().manual_seed(0))
+    assert moved(bag, indices) == (I64 * 1000 + F32 * 1000 * 64, F32 * 1 * 64)
+    offsets = torch.tensor([0, 400])
+    assert moved(Call(lambda i, w, o: F.embedding_bag(i, w, o)), indices[0], bag.weight, offsets) == (
+        I64 * 1000 + I64 * 2 + F32 * 1000 * 64, F32 * 2 * 64)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # quantized tensor creation is deprecated in torch 2.14
+def test_a_quantized_linear_reads_its_packed_int8_weight():
+    dynamic = torch.ao.nn.quantized.dynamic.Linear(256, 128)
+    assert moved(dynamic, torch.rand(2, 256)) == (F32 * 2 * 256 + 1 * 128 * 256 + F32 * 128, F32 * 2 * 128)
+
+
+W = torch.rand(16, 8)
+
+
+@pytest.mark.parametrize(("fn", "read", "written"), [
+    pytest.param(lambda r: F.linear(r, W), F32 * (5 * 8 + 16 * 8), F32 * 5 * 16, id="a batched input, a weight"),
+    pytest.param(lambda r: torch.cat([r, r]), F32 * 5 * 8, F32 * 5 * 2 * 8, id="a copy"),
+])
+def test_under_vmap_a_tensor_is_the_batch_it_stands_for(fn, read, written):
+    assert moved(Call(lambda x: torch.vmap(fn)(x)), torch.rand(5, 8)) == (read, written)

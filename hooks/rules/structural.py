@@ -61,6 +61,7 @@ free_functions(
         "index_put", "scatter", "where", "clamp", "clip", "abs", "neg", "negative", "sign", "maximum",
         "minimum", "max", "min", "amax", "amin", "aminmax", "sort", "topk", "msort", "floor", "ceil",
         "round", "trunc", "nan_to_num", "to", "type", "type_as", "float", "double", "half", "bfloat16",
+        "long", "int", "short", "bool", "byte", "char",
         "cpu", "cuda", "clone", "detach", "copy_", "fill", "zero", "zeros", "zeros_like", "ones",
         "ones_like", "full", "full_like", "empty", "empty_like", "new_zeros", "new_ones", "new_full",
         "new_empty", "new_tensor", "tensor", "as_tensor", "arange", "linspace", "rand", "rand_like",
