@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --train: size the optimizer state in the memory line (default: none)")
     parser.add_argument("--generate", type=int, metavar="N",
                         help="profile greedy generation of N tokens after a prompt of token ids of --input-size "
-                        "(batch,tokens): the prefill, then each decode step with a KV cache")
+                        "(batch,tokens): the prefill, then each decode step with a KV cache (csv: the decode "
+                        "steps' layers)")
     parser.add_argument("--roofline", metavar="DEVICE",
                         help=f"estimate each layer's time on DEVICE by the roofline model: {', '.join(DEVICES)}")
     parser.add_argument("--roofline-dtype", metavar="DTYPE",
@@ -314,13 +315,8 @@ def _generation(model: nn.Module, args: argparse.Namespace, size: tuple[int, ...
     prompt = torch.zeros(size, dtype=dtype or torch.long, device=device)
     result = profile_generation(model, prompt, max_new_tokens=args.generate)
     if args.format == "json":
-        data = result.to_dict()
-        if args.roofline is not None:
-            roofline = result.roofline(args.roofline, args.roofline_dtype)
-            data["roofline"] = {"device": roofline.device.name, "dtype": roofline.dtype,
-                                "phase_times": list(roofline.phase_times), "time_per_token": roofline.time_per_token,
-                                "tokens_per_second": roofline.tokens_per_second}
-        return json.dumps(data, indent=2)
+        report = result if args.roofline is None else result.roofline(args.roofline, args.roofline_dtype)
+        return json.dumps(report.to_dict(), indent=2)
     layers = result.decode or result.prefill
     if args.roofline is not None:
         roofline = result.roofline(args.roofline, args.roofline_dtype)

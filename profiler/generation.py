@@ -31,6 +31,10 @@ from profiler.units import format_bytes, format_count, format_seconds
 
 __all__ = ["GenerationResult", "GenerationRoofline", "GenerationStep", "profile_generation"]
 
+_PER_STEP = frozenset({"input_ids", "cache", "past_key_values", "use_cache", "position_ids", "cache_position",
+                       "inputs_embeds", "token_type_ids", "logits_to_keep"})
+"""Forward arguments that change with every step: refused in ``kwargs``."""
+
 MAX_PHASE_ROWS = 12
 """Decode steps beyond this many are shown in groups of equal size (every step is in ``steps``)."""
 
@@ -40,7 +44,8 @@ class GenerationStep(NamedTuple):
 
     step: int
     tokens: int
-    """Tokens each sequence fed in: the prompt's length for the prefill, then 1."""
+    """Tokens each sequence fed in: the prompt's length (padding included) for the prefill, then 1;
+    the phase table's ``Tokens`` column is over the whole batch."""
     context: int
     """Tokens in the KV cache after this forward (the prompt and the tokens fed so far)."""
     macs: int
@@ -171,11 +176,15 @@ def profile_generation(
         input_ids = input_ids.unsqueeze(0)
     cache_argument = _cache_argument(model)
     extra = dict(kwargs or {})
-    taken = sorted({"input_ids", "cache", "past_key_values", "use_cache"} & set(extra))
+    taken = sorted(_PER_STEP & set(extra))
     if taken:
-        raise ValueError(f"kwargs may not set {', '.join(taken)}: profile_generation sets them each step")
+        raise ValueError(f"kwargs may not set {', '.join(taken)}: they change with every step; profile_generation "
+                         "sets the ids and the cache, and the model derives positions from the cache")
     _check_devices(model, (input_ids,), extra)
     mask = extra.pop("attention_mask", None)
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
+        raise ValueError(f"attention_mask must be a tensor of the prompt's shape {list(input_ids.shape)}, not "
+                         + (f"{list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__))
     resolver = REGISTRY.resolver()
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step
@@ -196,6 +205,8 @@ def profile_generation(
         logits, returned = _output_parts(outputs[0], cache_argument)
         if not own_cache:
             cache = returned
+        elif hasattr(cache, "get_seq_length") and cache.get_seq_length() > context:
+            cache.crop(context - cache.get_seq_length())  # a forward the capture ran twice (Dynamo loading) added twice
         captures.append(capture)
         steps.append(_step(number, ids.shape[1], context, capture, cache))
         ids = logits[:, -1, :].argmax(-1, keepdim=True).to(input_ids.dtype)
@@ -330,7 +341,7 @@ class GenerationRoofline:
     def __init__(self, result: GenerationResult, device: str | Device, dtype: str | torch.dtype | None) -> None:
         self.result = result
         self.prefill: RooflineResult = result.prefill.roofline(device, dtype)
-        self.device, self.dtype = self.prefill.device, self.prefill.dtype
+        self.device, self.peak_dtype = self.prefill.device, self.prefill.peak_dtype
         self.decode: RooflineResult | None = result.decode.roofline(device, dtype) if result.decode else None
         self.phase_times = tuple(
             self.prefill.time if n == 0 else result.step(n).roofline(device, dtype).time for n in range(len(result.phases))
@@ -362,13 +373,33 @@ class GenerationRoofline:
         return self.result.batch_size / per_token if per_token else None
 
     def table(self, *, units: str = "human", tablefmt: str = "simple") -> str:
-        """The phase table with each phase's estimated time and bound."""
+        """The phase table with each phase's estimated time."""
         return _phase_table(self.result, self, units, tablefmt)
+
+    def html(self) -> str:
+        """The phase table and the decode steps' layer table, with estimated times, as HTML."""
+        return (tabulate(_phase_body(self.result, self, "human"), _phase_headers(self), tablefmt="html")
+                + (self.decode or self.prefill).html())
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The generation's report (:meth:`GenerationResult.to_dict`) with each phase's estimated
+        seconds, the time per token, the tokens per second and the device's figures."""
+        data = self.result.to_dict()
+        for phase, seconds in zip(data["phases"], self.phase_times):
+            phase["roofline_time"] = seconds
+        data["prefill"] = self.prefill.to_dict()
+        data["decode"] = self.decode.to_dict() if self.decode is not None else None
+        data["roofline"] = {**self.prefill.device_dict(), "time": self.time, "time_per_token": self.time_per_token,
+                            "tokens_per_second": self.tokens_per_second}
+        return data
 
     def __repr__(self) -> str:
         per_token = "" if self.time_per_token is None else (
             f", per_token={format_seconds(self.time_per_token)}, tokens_per_s={self.tokens_per_second:,.1f}")
-        return (f"GenerationRoofline(device={self.device.name!r}, dtype={self.dtype}, "
+        return (f"GenerationRoofline(device={self.device.name!r}, dtype={self.peak_dtype}, "
                 f"prefill={format_seconds(self.prefill_time)}{per_token})")
 
 
@@ -414,7 +445,7 @@ def _phase_table(result: GenerationResult, roofline: GenerationRoofline | None, 
         lines.append(f"Decode: {format_count(round(result.flops_per_token), units)} FLOPs per token per sequence; "
                      f"KV cache {format_bytes(result.kv_cache_bytes, units)} at the end.")
     if roofline is not None and roofline.time_per_token is not None:
-        lines.append(f"On {roofline.device.name} ({roofline.dtype}): {format_seconds(roofline.time_per_token)} "
+        lines.append(f"On {roofline.device.name} ({roofline.peak_dtype}): {format_seconds(roofline.time_per_token)} "
                      f"per decode step, {roofline.tokens_per_second:,.1f} tokens/s over a batch of "
                      f"{result.batch_size}.")
     return "\n".join(lines).rstrip()

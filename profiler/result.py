@@ -225,27 +225,38 @@ class ProfileResult(tuple):
 class RooflineResult(ProfileResult):
     """A result's layers with estimated times on a device (:meth:`ProfileResult.roofline`): it
     unpacks, tabulates and exports as the result it came from, with ``roofline_time`` and ``bound``
-    on every layer and columns of those names in its tables. A training profile's estimates include
-    its backward (its tables add ``bwd_flops``; the ``bytes`` column is the forward's, the
-    backward's are ``backward_bytes`` in the exports)."""
+    on every layer and columns of those names in its tables (a timed result's measured ``time``
+    right after ``roofline_time``). A training profile's estimates include its backward (its tables
+    add ``bwd_flops``; the ``bytes`` column is the forward's, the backward's are ``backward_bytes``
+    in the exports)."""
 
     device: Device
+    peak_dtype: str
+    """The dtype whose peak the estimates use: ``dtype``'s name, or the one asked for (``"tf32"``)."""
     peak: float
-    """The peak FLOP/s used: the device's for :attr:`dtype`."""
+    """The device's peak FLOP/s for :attr:`peak_dtype`."""
+    source: ProfileResult
+    """The result estimated."""
 
     _default_columns = ROOFLINE_COLUMNS
 
     def __new__(cls, result: ProfileResult, device: str | Device, dtype: str | torch.dtype | None = None):
         device, name, peak = resolved(device, dtype if dtype is not None else result.dtype or torch.float32)
         self = tuple.__new__(cls, tuple(result))
-        self._parts, self._totals, self.uncounted = result._parts, result._totals, result.uncounted
-        self.device, self.dtype, self.peak = device, name, peak
+        self._parts, self._totals, self.uncounted, self.dtype = result._parts, result._totals, result.uncounted, result.dtype
+        self.device, self.peak_dtype, self.peak = device, name, peak
         self.source = result
         times = call_times(result._parts[1], result._parts[3], peak, device.bandwidth)
         self.__dict__["root"] = estimated_tree(result.root, times)
         if self.root.backward is not None:
             self._default_columns = TRAINING_ROOFLINE_COLUMNS
         return self
+
+    def _options(self, depth, columns, sort_by, top, units, layer) -> TableOptions:
+        if columns is None and self.root.time is not None:  # measured next to estimated
+            at = self._default_columns.index("roofline_time") + 1
+            columns = (*self._default_columns[:at], "time", *self._default_columns[at:])
+        return super()._options(depth, columns, sort_by, top, units, layer)
 
     @property
     def time(self) -> float:
@@ -254,10 +265,20 @@ class RooflineResult(ProfileResult):
 
     @property
     def bound(self) -> str:
-        """``"compute"`` or ``"memory"``: which roof the model's FLOPs and bytes hit as a whole."""
+        """``"compute"`` or ``"memory"``: the roof the model's calls spend most of their time against."""
         return self.root.bound
 
+    def device_dict(self) -> dict[str, Any]:
+        """The device and the figures the estimates used."""
+        return {"device": self.device.name, "dtype": self.peak_dtype, "peak_flops": self.peak,
+                "bandwidth": self.device.bandwidth}
+
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`ProfileResult.to_dict` with ``roofline_time`` and ``bound`` per layer and in the
+        totals, and a ``roofline`` entry naming the device and its figures."""
+        return {**super().to_dict(), "roofline": self.device_dict()}
+
     def __repr__(self) -> str:
-        return (f"RooflineResult(device={self.device.name!r}, dtype={self.dtype}, time={format_seconds(self.time)}, "
+        return (f"RooflineResult(device={self.device.name!r}, dtype={self.peak_dtype}, time={format_seconds(self.time)}, "
                 f"flops={format_count(self.total_flops, 'exact')}, bytes={format_count(self.total_bytes, 'exact')}, "
                 f"bound={self.bound!r})")

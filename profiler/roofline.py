@@ -23,7 +23,7 @@ import torch
 from hooks import Record
 from profiler.tree import Layer
 
-__all__ = ["DEVICES", "Device", "call_times", "dtype_name", "estimate", "estimated_tree", "lookup_device"]
+__all__ = ["DEVICES", "DTYPES", "Device", "call_times", "dtype_name", "estimate", "estimated_tree", "lookup_device"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,21 @@ class Device:
     def __post_init__(self) -> None:
         if not _positive(self.bandwidth):
             raise ValueError(f"bandwidth must be a positive, finite number of bytes per second, not {self.bandwidth!r}")
+        if self.memory is not None and not _positive(self.memory):
+            raise ValueError(f"memory must be None or a positive, finite number of bytes, not {self.memory!r}")
         given = dict(self.flops)
         if not given or not all(isinstance(k, (str, torch.dtype)) and _positive(v) for k, v in given.items()):
             raise ValueError(f"flops must map dtype names to positive, finite peak FLOP/s, not {given!r}")
-        object.__setattr__(self, "flops", {dtype_name(k): v for k, v in given.items()})
+        flops = {dtype_name(k): v for k, v in given.items()}
+        unknown = [k for k in flops if k not in DTYPES]
+        if unknown:
+            raise ValueError(f"unknown dtype name(s) {', '.join(map(repr, unknown))} in flops; known: {', '.join(DTYPES)}")
+        if len(flops) < len(given):
+            raise ValueError(f"flops names one dtype twice (float8 kinds share one peak): {given!r}")
+        object.__setattr__(self, "flops", flops)
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.flops.items())), self.bandwidth))
 
     def peak(self, dtype: str | torch.dtype) -> float:
         """Peak dense FLOP/s for ``dtype``; ValueError listing the dtypes this device has figures for."""
@@ -62,9 +73,13 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16", "float8", "int8", "int4")
+"""The dtype names a device's peaks are given for."""
+
+
 def dtype_name(dtype: str | torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``; ``torch.half`` -> ``"float16"``; the float8 kinds -> ``"float8"``."""
-    name = str(dtype).removeprefix("torch.")
+    """``torch.bfloat16`` -> ``"bfloat16"``; ``torch.half`` and ``"FP16"`` -> ``"float16"``; the float8 kinds -> ``"float8"``."""
+    name = str(dtype).removeprefix("torch.").lower()
     aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
                "fp8": "float8", "qint8": "int8", "quint8": "int8"}
     name = aliases.get(name, name)

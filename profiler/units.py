@@ -56,7 +56,9 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
-    if seconds >= 1e-6 or not seconds:
+    if not seconds:
+        return "0 s"
+    if seconds >= 1e-6:
         return f"{seconds * 1e6:.1f} us"
     return f"{seconds * 1e9:.1f} ns"  # a roofline estimate of a small call
 

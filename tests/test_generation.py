@@ -206,6 +206,10 @@ def test_the_model_comes_back_as_it_was():
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=True), "max_new_tokens must be a positive integer"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"use_cache": False}), "may not set use_cache"),
     (lambda m: profile_generation(nn.Linear(3, 3), PROMPT, max_new_tokens=2), "takes past_key_values"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"position_ids": PROMPT}),
+     "may not set position_ids: they change with every step"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"attention_mask": PROMPT[:, :3]}),
+     r"attention_mask must be a tensor of the prompt's shape \[2, 7\], not \[2, 3\]"),
 ])
 def test_bad_input_is_refused_with_a_message(call, message):
     with pytest.raises((TypeError, ValueError), match=message):
@@ -239,6 +243,11 @@ def test_roofline_per_token_and_tokens_per_second():
     assert roofline.tokens_per_second == PROMPT.shape[0] / roofline.time_per_token
     assert roofline.time == roofline.prefill_time + sum(roofline.step_times)
     assert "Est. time" in roofline.table()
+    data = json.loads(json.dumps(roofline.to_dict()))
+    assert [p["roofline_time"] for p in data["phases"]] == list(roofline.phase_times)
+    assert data["roofline"]["time_per_token"] == roofline.time_per_token
+    assert (data["roofline"]["device"], data["roofline"]["dtype"]) == ("H100-SXM5", "float32")
+    assert "Est. time" in roofline.html()
 
 
 def test_a_7b_decode_step_on_meta_is_weights_and_cache_over_bandwidth():

@@ -39,7 +39,8 @@ def test_linear_at_batch_1_is_memory_bound():
     assert estimate.time == linear_4096_bytes(1) / H100.bandwidth == linear_4096_bytes(1) / 3.35e12
     assert estimate.bound == estimate.root.bound == "memory"
     assert 2 * 1 * 4096 * 4096 / H100.flops["bfloat16"] < estimate.time
-    assert (estimate.device, estimate.dtype, estimate.peak) == (H100, "bfloat16", H100.flops["bfloat16"])
+    assert (estimate.device, estimate.peak_dtype, estimate.peak) == (H100, "bfloat16", H100.flops["bfloat16"])
+    assert estimate.dtype == torch.bfloat16  # the model's, as the result it came from
 
 
 def test_linear_at_8192_rows_is_compute_bound():
@@ -125,7 +126,7 @@ def test_a_dtype_the_device_has_no_figure_for():
 def test_dtype_defaults_to_the_parameters_and_can_be_overridden(model_dtype, dtype, name):
     model = nn.Linear(8, 16, dtype=model_dtype)
     estimate = profile(model, torch.rand(3, 8, dtype=model_dtype)).roofline("H100-SXM5", dtype=dtype)
-    assert (estimate.dtype, estimate.peak) == (name, H100.flops[name])
+    assert (estimate.peak_dtype, estimate.peak) == (name, H100.flops[name])
     nbytes = LINEAR_BYTES * model_dtype.itemsize // F32
     assert estimate.time == roof(LINEAR_FLOPS, nbytes, H100.flops[name], H100.bandwidth)
 
@@ -215,3 +216,22 @@ def test_each_call_is_estimated_on_its_own_not_its_group():
     (matmuls,) = estimate.root.functions
     assert matmuls.roofline_time == estimate.time and matmuls.calls == 2
     assert estimate.bound == ("compute" if gemm >= gemv else "memory")  # the roof most of the time is spent at
+
+
+def test_dtype_names_are_case_insensitive_and_a_device_names_known_ones_once():
+    linear = profile(nn.Linear(8, 16).to(torch.bfloat16), torch.rand(3, 8, dtype=torch.bfloat16))
+    assert linear.roofline("h100", "BF16").peak == linear.roofline("H100-SXM5").peak == H100.flops["bfloat16"]
+    with pytest.raises(ValueError, match="unknown dtype name\\(s\\) 'bfloat' in flops; known: float64, float32"):
+        Device("typo", {"bfloat": 1e12}, bandwidth=1e12)
+    with pytest.raises(ValueError, match="names one dtype twice"):
+        Device("fp8", {"float8_e4m3fn": 1e15, "float8_e5m2": 2e15}, bandwidth=1e12)
+    assert hash(H100) == hash(DEVICES["H100-SXM5"]) and {H100: 1}[DEVICES["H100-SXM5"]] == 1
+
+
+def test_a_timed_result_shows_measured_time_next_to_the_estimate():
+    timed = profile(nn.Linear(8, 16), torch.rand(3, 8), measure_time=True, repeats=1, warmup=0)
+    header = timed.roofline("L4").table().splitlines()[0].split()
+    assert header[header.index("Est.") + 2] == "Time"  # "Est. time" then the measured "Time"
+    data = timed.roofline("L4").to_dict()
+    assert data["roofline"] == {"device": "L4", "dtype": "float32", "peak_flops": DEVICES["L4"].flops["float32"],
+                                "bandwidth": DEVICES["L4"].bandwidth}
