@@ -399,14 +399,12 @@ class _Recorder(TorchFunctionMode):
             finally:
                 self._aten_pop()
         out = func(*args, **kwargs)
-        if rule.free:
-            if isinstance(out, torch.Tensor) or func is _SETITEM:  # a copy moves bytes, a view does not
+        if rule.free or not _is_floating(out):  # no arithmetic by decision, or integer and boolean work
+            if _moves(out) or func is _SETITEM:  # a copy moves bytes, a view does not
                 with torch._C.DisableTorchFunction():
                     if out is None or _copies(func, args, kwargs, out):
                         name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
                         self._free_call(frame, name, func, args, kwargs, out)
-            return out
-        if not _is_floating(out):  # integer and boolean work is free
             return out
         with torch._C.DisableTorchFunction():
             name = self.names.get(func) or self.names.setdefault(func, _function_name(func))
@@ -427,11 +425,9 @@ class _Recorder(TorchFunctionMode):
                 rule = self.aten_rules[op]
             except KeyError:
                 rule = self.aten_rules[op] = aten_rule(op, self.function_rules)
-            if rule is not None and rule.free:  # a copy moves bytes, whatever its dtype
-                if isinstance(out, torch.Tensor) and _copies(op, args, kwargs, out):
+            if rule is not None and rule.free or not _is_floating(out):  # a copy moves bytes, whatever its dtype
+                if _moves(out) and _copies(op, args, kwargs, out):
                     self._free_call(frame, self.names.get(op) or self.names.setdefault(op, op_name(op)), op, args, kwargs, out)
-                return
-            if not _is_floating(out):
                 return
             name = self.names.get(op) or self.names.setdefault(op, op_name(op))
             self._count_call(frame, name, op, rule, args, kwargs, out)
@@ -443,7 +439,7 @@ class _Recorder(TorchFunctionMode):
         but the bytes it moves."""
         base = _base_name(func)
         in_place = out is None or any(out is a for a in args[:1])
-        read, written = free_call_traffic(base, args, kwargs, out, func in GATHERS, in_place)
+        read, written = free_call_traffic(base, args, _without_out(kwargs), out, func in GATHERS, in_place)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, "free", *shapes, 0, 0, 0, "free", read, written)))
 
@@ -475,7 +471,7 @@ class _Recorder(TorchFunctionMode):
             others = tuple(a for i, a in enumerate(args) if i not in bag)
             read, written = embedding_bag_traffic(indices, weight, others, out if isinstance(out, torch.Tensor) else out[0])
         else:
-            read, written = call_traffic(args, kwargs, out, gather=func in GATHERS)
+            read, written = call_traffic(args, _without_out(kwargs), out, gather=func in GATHERS)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, status, *shapes, counts.macs, counts.flops,
                                          counts.matmul_flops, rule.name if status == "counted" else None, read, written)))
@@ -709,9 +705,27 @@ def _writes_in_place(func: Any, args: tuple, kwargs: dict) -> bool:
     return bound.get("inplace") is True and bound.get("training", True) is not False
 
 
-def _copies(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> bool:
-    """True when a free call moves bytes: its output is new memory, not a view of an input or an
-    input handed back (``x.contiguous()`` of a contiguous ``x``), or it writes in place."""
+def _without_out(kwargs: dict) -> dict:
+    """``kwargs`` without ``out=``: a call writes there, it does not read it."""
+    return {k: v for k, v in kwargs.items() if k != "out"} if kwargs and "out" in kwargs else kwargs
+
+
+def _moves(out: Any) -> bool:
+    """Whether a call's result may be memory it wrote: a tensor, or a tuple of them (``topk``,
+    ``sort``); not a ``torch.Size`` or a number."""
+    return isinstance(out, torch.Tensor) or isinstance(out, tuple) and not isinstance(out, torch.Size)
+
+
+def _copies(func: Any, args: tuple, kwargs: dict, out: Any) -> bool:
+    """True when a call with no FLOPs moves bytes: its output is new memory, not a view of an input
+    or an input handed back (``x.contiguous()`` of a contiguous ``x``), or it writes in place (into
+    its input, or into ``out=``)."""
+    if kwargs and kwargs.get("out") is not None:
+        return True
+    if not isinstance(out, torch.Tensor):
+        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+        if out is None:
+            return False
     alias = _alias(out, args, kwargs)
     return alias is None or alias == "input" and _writes_in_place(func, args, kwargs)
 

@@ -158,14 +158,58 @@ def free_call_traffic(name: str, args: tuple, kwargs: dict, output: Any, gather:
         return 0, 0  # uninitialised memory: nothing read or written
     if name.endswith("_like") or name.startswith("new_"):
         return 0, traffic(output, {})  # a factory: writes its output from nothing
-    if in_place and (name in _OVERWRITES or name in _SCATTERS):
+    if in_place and (name in _OVERWRITES or name in _SCATTERS) and args and isinstance(args[0], _Tensor):
         rest = args[1:]
         read = traffic(rest, {}) + (traffic(kwargs, {}) if kwargs else 0)
         if name in _OVERWRITES:
             return read, traffic(args[:1], {})
-        values = traffic(rest, {}) - traffic(rest, {}, integral_only=True)  # the floating tensors written
-        return read, values if values else traffic(args[:1], {})
+        written = _scattered(name, args, kwargs) * args[0].element_size()
+        if kwargs.get("accumulate") or (len(args) > 3 and args[3] is True and name == "index_put_"):
+            read += written  # adds into what is there
+        return read, written
     return call_traffic(args, kwargs, output, gather=gather)
+
+
+def _scattered(name: str, args: tuple, kwargs: dict) -> int:
+    """Elements a scatter into ``args[0]`` writes: the region its indices select."""
+    dest = args[0]
+    try:
+        if name in ("__setitem__", "_index_put_impl_", "index_put_"):
+            index = args[1]
+            if name == "__setitem__":
+                index = index if isinstance(index, tuple) else (index,)
+                if not any(isinstance(i, _Tensor) for i in index):
+                    return dest[index].numel()  # a basic index: a view, nothing copied
+            return _indexed(dest, [i for i in index])
+        if name in ("index_copy_", "index_fill_"):
+            dim, index = args[1], args[2]
+            return index.numel() * (dest.numel() // max(dest.shape[dim], 1)) if dest.dim() else index.numel()
+        if name == "scatter_":
+            return args[2].numel()  # one element per index
+        if name == "masked_scatter_":
+            return min(args[2].numel(), dest.numel())
+    except (IndexError, TypeError, RuntimeError, AttributeError):
+        pass
+    return dest.numel()
+
+
+def _indexed(dest: torch.Tensor, index: list) -> int:
+    """Elements ``dest[index]`` selects, for an advanced index (tensors, and slices or ints beside them)."""
+    tensors = [i for i in index if isinstance(i, _Tensor)]
+    selected = 1
+    dims = 0
+    for i in tensors:
+        if i.dtype == torch.bool:
+            selected *= int(i.count_nonzero()) if i.device.type != "meta" else i.numel()
+            dims += i.dim()
+        else:
+            dims += 1
+    if tensors and all(i.dtype != torch.bool for i in tensors):
+        selected = torch.broadcast_shapes(*(i.shape for i in tensors)).numel()
+    rest = 1
+    for size in dest.shape[dims:]:
+        rest *= size
+    return selected * rest
 
 
 def embedding_bag_traffic(indices: torch.Tensor, weight: torch.Tensor, others: tuple,

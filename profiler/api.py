@@ -169,13 +169,14 @@ def profile(
     result = capture_forward(model, call, resolver)
     uncounted = uncounted_summary(result.records)
     check_counted(result, uncounted, strict)
-    times = None
+    times = timed_on = None
     if measure_time:
         named = modules_by_name(model, resolver)
         # reversed: a shared module is timed under its first name, which the dict keeps last
         timed = [(named[info.name], info.name) for info in reversed(result.modules) if not info.covered]
         on_cuda = any(t.is_cuda for t in (*args, *forward_kwargs.values(), *model.parameters()) if isinstance(t, torch.Tensor))
         times = time_modules(model, call, timed, repeats=repeats, warmup=warmup, synchronize=on_cuda)
+        timed_on = "cuda" if on_cuda else "cpu"
 
     if verbose:
         for rule_name, types in _rules_used(result.modules).items():
@@ -187,7 +188,7 @@ def profile(
             print(f"[WARN] no rule for {u.kind} {u.name} ({u.calls} calls in {', '.join(u.layers)}); not counted")
     warn_uncounted(uncounted)
     return ProfileResult(result.modules, result.records, times, uncounted, ret_layer_info=ret_layer_info,
-                         dtype=compute_dtype(model, args, forward_kwargs))
+                         dtype=compute_dtype(model, args, forward_kwargs), timed_on=timed_on)
 
 
 def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool, training: bool = False) -> None:

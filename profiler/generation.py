@@ -44,8 +44,7 @@ class GenerationStep(NamedTuple):
 
     step: int
     tokens: int
-    """Tokens each sequence fed in: the prompt's length (padding included) for the prefill, then 1;
-    the phase table's ``Tokens`` column is over the whole batch."""
+    """Tokens each sequence fed in: the prompt's length (padding included) for the prefill, then 1."""
     context: int
     """Tokens in the KV cache after this forward (the prompt and the tokens fed so far)."""
     macs: int
@@ -178,8 +177,14 @@ def profile_generation(
     extra = dict(kwargs or {})
     taken = sorted(_PER_STEP & set(extra))
     if taken:
-        raise ValueError(f"kwargs may not set {', '.join(taken)}: they change with every step; profile_generation "
-                         "sets the ids and the cache, and the model derives positions from the cache")
+        raise ValueError(f"kwargs may not set {', '.join(taken)}: profile_generation sets the ids, the cache and "
+                         "use_cache each step, and the model derives positions from its cache")
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    needed = input_ids.shape[-1] + max_new_tokens - 1
+    if isinstance(limit, int) and needed > limit:
+        raise ValueError(f"a prompt of {input_ids.shape[-1]} tokens and {max_new_tokens} new ones need {needed} "
+                         f"positions; {type(model).__name__}'s config has {limit}")
     _check_devices(model, (input_ids,), extra)
     mask = extra.pop("attention_mask", None)
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
@@ -420,7 +425,7 @@ def _phase_body(result: GenerationResult, roofline: GenerationRoofline | None, u
         phases = [result.phases[n] for n in numbers]
         last = phases[-1]
         context = str(last.context) if len(phases) == 1 else f"{phases[0].context}–{last.context}"
-        cells = [label, format_count(sum(p.tokens for p in phases) * result.batch_size, "exact"), context,
+        cells = [label, format_count(sum(p.tokens for p in phases), "exact"), context,
                  format_count(sum(p.macs for p in phases), units), format_count(sum(p.flops for p in phases), units),
                  format_bytes(sum(p.bytes for p in phases), units), format_bytes(last.kv_cache_bytes, units)]
         if roofline is not None:
@@ -443,7 +448,7 @@ def _phase_table(result: GenerationResult, roofline: GenerationRoofline | None, 
     lines = [text, ""]
     if result.flops_per_token is not None:
         lines.append(f"Decode: {format_count(round(result.flops_per_token), units)} FLOPs per token per sequence; "
-                     f"KV cache {format_bytes(result.kv_cache_bytes, units)} at the end.")
+                     f"KV cache {format_bytes(result.kv_cache_bytes)} at the end (batch {result.batch_size}).")
     if roofline is not None and roofline.time_per_token is not None:
         lines.append(f"On {roofline.device.name} ({roofline.peak_dtype}): {format_seconds(roofline.time_per_token)} "
                      f"per decode step, {roofline.tokens_per_second:,.1f} tokens/s over a batch of "

@@ -242,7 +242,7 @@ def _own_row(layer: Layer) -> Row:
     return Row("", layer.name or layer.type, layer.type, layer.depth, layer.calls, layer.status,
                layer.input_shapes, layer.output_shapes, layer.own_params, layer.own, uncounted, layer.own_time,
                layer.own_backward, backward_uncounted, layer.own_activation_bytes, layer.own_bytes,
-               layer.own_roofline_time, layer.bound)
+               layer.own_roofline_time, layer.own_bound)
 
 
 _SORT_VALUE = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +19,7 @@ from profiler.render import (
 from profiler.roofline import Device, call_times, estimated_tree, resolved
 from hooks import ModuleInfo, Record
 from profiler.tree import Layer, Uncounted, build_tree, layer_info, sum_counts, walk
-from profiler.units import format_count, format_seconds
+from profiler.units import format_count, format_rate, format_seconds
 
 __all__ = ["ProfileResult", "RooflineResult"]
 
@@ -33,7 +34,10 @@ class ProfileResult(tuple):
 
     uncounted: tuple[Uncounted, ...]
     dtype: torch.dtype | None
-    """The dtype of the model's parameters: what :meth:`roofline` takes the peak FLOP/s for."""
+    """The dtype the forward computes in (its parameters', else its inputs'): what :meth:`roofline`
+    takes the peak FLOP/s for."""
+    timed_on: str | None
+    """``"cuda"`` or ``"cpu"``: where ``measure_time=True`` timed the layers; None when untimed."""
 
     def __new__(
         cls,
@@ -46,6 +50,7 @@ class ProfileResult(tuple):
         backward: Sequence[Record] | None = None,
         activations: Mapping[str, int] | None = None,
         dtype: torch.dtype | None = None,
+        timed_on: str | None = None,
     ):
         parts = (tuple(modules), tuple(records), times, backward, activations)
         totals = sum_counts(parts[1])
@@ -56,6 +61,7 @@ class ProfileResult(tuple):
         self._totals = totals
         self.uncounted = tuple(uncounted)
         self.dtype = dtype
+        self.timed_on = timed_on
         if root is not None:
             self.__dict__["root"] = root  # cached_property's slot: built once
         return self
@@ -243,7 +249,8 @@ class RooflineResult(ProfileResult):
     def __new__(cls, result: ProfileResult, device: str | Device, dtype: str | torch.dtype | None = None):
         device, name, peak = resolved(device, dtype if dtype is not None else result.dtype or torch.float32)
         self = tuple.__new__(cls, tuple(result))
-        self._parts, self._totals, self.uncounted, self.dtype = result._parts, result._totals, result.uncounted, result.dtype
+        self._parts, self._totals, self.uncounted = result._parts, result._totals, result.uncounted
+        self.dtype, self.timed_on = result.dtype, result.timed_on
         self.device, self.peak_dtype, self.peak = device, name, peak
         self.source = result
         times = call_times(result._parts[1], result._parts[3], peak, device.bandwidth)
@@ -253,10 +260,25 @@ class RooflineResult(ProfileResult):
         return self
 
     def _options(self, depth, columns, sort_by, top, units, layer) -> TableOptions:
-        if columns is None and self.root.time is not None:  # measured next to estimated
-            at = self._default_columns.index("roofline_time") + 1
-            columns = (*self._default_columns[:at], "time", *self._default_columns[at:])
+        if columns is None:  # a GPU run's measured time next to the estimate; a CPU's is no match for it
+            columns = self._default_columns
+            if self.timed_on == "cuda":
+                at = columns.index("roofline_time") + 1
+                columns = (*columns[:at], "time", *columns[at:])
         return super()._options(depth, columns, sort_by, top, units, layer)
+
+    def note(self) -> str:
+        """One line under its tables: the device and the figures the estimates used."""
+        return (f"Est. time on {self.device.name}: {self.peak_dtype} at {format_rate(self.peak)} FLOP/s, "
+                f"{format_rate(self.device.bandwidth)} B/s; per call, max(FLOPs/peak, bytes/BW).")
+
+    def table(self, depth: int | None = None, **options: Any) -> str:
+        """:meth:`ProfileResult.table`, with :meth:`note` under it."""
+        return super().table(depth, **options) + "\n" + self.note()
+
+    def html(self, depth: int | None = None, **options: Any) -> str:
+        """:meth:`ProfileResult.html`, with :meth:`note` under it."""
+        return super().html(depth, **options) + f"<p>{html_escape(self.note())}</p>"
 
     @property
     def time(self) -> float:

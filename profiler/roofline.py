@@ -79,7 +79,7 @@ DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16", "float8", "int8",
 
 def dtype_name(dtype: str | torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``; ``torch.half`` and ``"FP16"`` -> ``"float16"``; the float8 kinds -> ``"float8"``."""
-    name = str(dtype).removeprefix("torch.").lower()
+    name = str(dtype).strip().removeprefix("torch.").lower()
     aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
                "fp8": "float8", "qint8": "int8", "quint8": "int8"}
     name = aliases.get(name, name)
@@ -116,21 +116,27 @@ DEVICES: dict[str, Device] = {
         "int8": 660.6e12,
     }, bandwidth=1.008e12, memory=24e9),
 }
-_ALIASES = {"A100": "A100-SXM4-80GB", "H100": "H100-SXM5", "RTX4090": "RTX-4090", "4090": "RTX-4090"}
+_ALIASES = {"A100": "A100-SXM4-80GB", "H100": "H100-SXM5", "4090": "RTX-4090"}
 
 
 def lookup_device(device: str | Device) -> Device:
-    """``device`` as a :class:`Device`: one given, or a name from :data:`DEVICES` (case-insensitive)."""
+    """``device`` as a :class:`Device`: one given, or a name from :data:`DEVICES` (case, spaces and
+    dashes aside: ``"rtx 4090"``), or ``"A100"``, ``"H100"``, ``"4090"``."""
     if isinstance(device, Device):
         return device
     if not isinstance(device, str):
         raise TypeError(f"device must be a device name or a Device, not {type(device).__name__}")
-    known = {name.lower(): name for name in DEVICES} | {alias.lower(): name for alias, name in _ALIASES.items()}
-    name = known.get(device.strip().lower())
+    known = {_squeezed(name): name for name in DEVICES} | {_squeezed(alias): name for alias, name in _ALIASES.items()}
+    name = known.get(_squeezed(device))
     if name is None:
         raise ValueError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)} "
                          "(or pass Device(name, flops={dtype: peak FLOP/s}, bandwidth=bytes/s))")
     return DEVICES[name]
+
+
+def _squeezed(name: str) -> str:
+    """``"RTX 4090"``, ``"rtx-4090"`` and ``"RTX_4090"`` alike."""
+    return "".join(c for c in name.lower() if c.isalnum())
 
 
 def estimate(flops: int, nbytes: int, peak: float, bandwidth: float) -> tuple[float, str]:
@@ -192,7 +198,8 @@ def _estimated(layer: Layer, times: Mapping[tuple[str, str | None], Sequence[flo
     compute = own_compute + sum(k[1] for k in kids)
     memory = own_memory + sum(k[2] for k in kids)
     estimated = replace(layer, children=tuple(k[0] for k in kids), functions=tuple(functions), own_roofline_time=own,
-                        roofline_time=own + sum(k[0].roofline_time for k in kids), bound=_bound(compute, memory))
+                        roofline_time=own + sum(k[0].roofline_time for k in kids), bound=_bound(compute, memory),
+                        own_bound=_bound(own_compute, own_memory))
     return estimated, compute, memory
 
 

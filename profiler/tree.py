@@ -93,7 +93,9 @@ class Layer:
     """Estimated seconds of this layer's subtree on a device (``result.roofline(device)``), else None."""
     own_roofline_time: float | None = None
     bound: str = ""
-    """``"compute"`` or ``"memory"``: which roof this subtree's FLOPs and bytes hit on that device."""
+    """``"compute"`` or ``"memory"``: the roof this subtree's calls spend most of their estimated time against."""
+    own_bound: str = ""
+    """The same of this layer's own calls; ``""`` when they take no time."""
 
     @property
     def uncounted(self) -> bool:

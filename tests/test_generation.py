@@ -207,7 +207,9 @@ def test_the_model_comes_back_as_it_was():
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"use_cache": False}), "may not set use_cache"),
     (lambda m: profile_generation(nn.Linear(3, 3), PROMPT, max_new_tokens=2), "takes past_key_values"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"position_ids": PROMPT}),
-     "may not set position_ids: they change with every step"),
+     "may not set position_ids: profile_generation sets the ids, the cache and use_cache each step"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=64, kwargs={}),
+     "a prompt of 7 tokens and 64 new ones need 70 positions; LlamaForCausalLM's config has 64"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"attention_mask": PROMPT[:, :3]}),
      r"attention_mask must be a tensor of the prompt's shape \[2, 7\], not \[2, 3\]"),
 ])
@@ -239,9 +241,10 @@ def test_roofline_per_token_and_tokens_per_second():
     roofline = result.roofline("H100-SXM5", dtype="float32")
     assert roofline.step_times == tuple(result.step(n).roofline("H100-SXM5", "float32").time
                                         for n in range(1, NEW))
+    assert roofline.decode.time == pytest.approx(sum(roofline.step_times), rel=1e-12)  # the steps' layers together
     assert roofline.time_per_token == sum(roofline.step_times) / (NEW - 1)
     assert roofline.tokens_per_second == PROMPT.shape[0] / roofline.time_per_token
-    assert roofline.time == roofline.prefill_time + sum(roofline.step_times)
+    assert roofline.time == pytest.approx(roofline.prefill_time + sum(roofline.step_times), rel=1e-12)
     assert "Est. time" in roofline.table()
     data = json.loads(json.dumps(roofline.to_dict()))
     assert [p["roofline_time"] for p in data["phases"]] == list(roofline.phase_times)

@@ -225,13 +225,29 @@ def test_dtype_names_are_case_insensitive_and_a_device_names_known_ones_once():
         Device("typo", {"bfloat": 1e12}, bandwidth=1e12)
     with pytest.raises(ValueError, match="names one dtype twice"):
         Device("fp8", {"float8_e4m3fn": 1e15, "float8_e5m2": 2e15}, bandwidth=1e12)
-    assert hash(H100) == hash(DEVICES["H100-SXM5"]) and {H100: 1}[DEVICES["H100-SXM5"]] == 1
+    twin = Device("H100-SXM5", dict(H100.flops), bandwidth=H100.bandwidth)  # another object, equal
+    assert twin == H100 and hash(twin) == hash(H100) and {H100: 1}[twin] == 1
 
 
-def test_a_timed_result_shows_measured_time_next_to_the_estimate():
+def test_a_run_timed_on_cuda_shows_measured_time_next_to_the_estimate():
     timed = profile(nn.Linear(8, 16), torch.rand(3, 8), measure_time=True, repeats=1, warmup=0)
+    assert timed.timed_on == "cpu"
+    assert "Time" not in timed.roofline("L4").table().splitlines()[0].replace("Est. time", "")  # no match for a GPU
+    assert "Time" in timed.roofline("L4").table(columns="layer,roofline_time,time")  # unless asked for
+    timed.timed_on = "cuda"  # as a CUDA run records it (no GPU here)
     header = timed.roofline("L4").table().splitlines()[0].split()
     assert header[header.index("Est.") + 2] == "Time"  # "Est. time" then the measured "Time"
     data = timed.roofline("L4").to_dict()
     assert data["roofline"] == {"device": "L4", "dtype": "float32", "peak_flops": DEVICES["L4"].flops["float32"],
                                 "bandwidth": DEVICES["L4"].bandwidth}
+
+
+def test_tables_name_the_device_and_a_ranking_gives_each_row_its_own_bound():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    estimate = profile(model, torch.rand(3, 8)).roofline("rtx 4090")  # as the issue spells it
+    assert estimate.device is DEVICES["RTX-4090"]
+    note = "Est. time on RTX-4090: float32 at 82.60T FLOP/s, 1.01T B/s; per call, max(FLOPs/peak, bytes/BW)."
+    assert estimate.table().splitlines()[-1] == note and note in estimate.html()
+    ranked = {line.split()[0]: line.split() for line in estimate.table(sort_by="roofline_time").splitlines()[2:6]}
+    assert ranked["Sequential"][-1] == "s"  # its own calls take no time: no bound ("0 s" ends the row)
+    assert ranked["0"][-1] == "memory"

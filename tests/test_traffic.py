@@ -276,3 +276,44 @@ W = torch.rand(16, 8)
 ])
 def test_under_vmap_a_tensor_is_the_batch_it_stands_for(fn, read, written):
     assert moved(Call(lambda x: torch.vmap(fn)(x)), torch.rand(5, 8)) == (read, written)
+
+
+VECTOR, TEN = torch.rand(1000), torch.arange(10)
+
+
+@pytest.mark.parametrize(("fn", "inputs", "read", "written"), [
+    # each clones first (read and write the whole vector), then scatters into the clone
+    pytest.param(lambda y: y.clone().__setitem__(slice(0, 10), 0.0), (VECTOR,), F32 * 1000, F32 * (1000 + 10),
+                 id="x[0:10] = 0."),
+    pytest.param(lambda y, i: y.clone().scatter_(0, i, 2.0), (VECTOR, TEN), F32 * 1000 + I64 * 10,
+                 F32 * (1000 + 10), id="scatter_ of a scalar"),
+    pytest.param(lambda y, i, v: y.clone().index_put_((i,), v, accumulate=True), (VECTOR, TEN, torch.rand(10)),
+                 F32 * 1000 + I64 * 10 + F32 * 10 + F32 * 10, F32 * (1000 + 10), id="index_put_ accumulating"),
+    pytest.param(lambda y, i, v: y.clone().index_put_((i,), v), (VECTOR.long(), TEN, TEN.clone()),
+                 I64 * 1000 + I64 * 10 + I64 * 10, I64 * (1000 + 10), id="index_put_ of integers"),
+    # several outputs, out=, integer work
+    pytest.param(lambda y: torch.topk(y, 5), (VECTOR,), F32 * 1000, F32 * 5 + I64 * 5, id="topk"),
+    pytest.param(lambda y: torch.sort(y), (VECTOR,), F32 * 1000, F32 * 1000 + I64 * 1000, id="sort"),
+    pytest.param(lambda y, c: torch.cat([y, y], out=c), (VECTOR, torch.empty(2000)), F32 * 1000, F32 * 2000,
+                 id="cat into out="),
+    pytest.param(lambda y, c: torch.add(y, y, out=c), (VECTOR, torch.empty(1000)), F32 * 1000, F32 * 1000,
+                 id="add into out="),
+    pytest.param(lambda y: y.long() + 1, (VECTOR,), F32 * 1000 + I64 * 1000, I64 * 1000 * 2,
+                 id="a cast, then integer arithmetic"),
+])
+def test_scatters_several_outputs_out_and_integers(fn, inputs, read, written):
+    assert moved(Call(fn), *inputs) == (read, written)
+
+
+def test_a_boolean_mask_scatter_writes_the_selected_elements():
+    y = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    selected = int((y > 0.5).sum())
+
+    def masked(t):
+        t = t.clone()
+        t[t > 0.5] = 1.0
+        return t
+
+    read, written = moved(Call(masked), y)
+    # clone 1000 floats; compare: 1000 floats in, 1000 bools out; scatter: reads the mask, writes the selection
+    assert (read, written) == (F32 * 1000 + F32 * 1000 + 1 * 1000, F32 * 1000 + 1 * 1000 + F32 * selected)
