@@ -438,7 +438,7 @@ class _Recorder(TorchFunctionMode):
         """A free call that copies (``torch.cat``, ``to(dtype)``, an embedding): no arithmetic,
         but the bytes it moves."""
         base = _base_name(func)
-        in_place = out is None or any(out is a for a in args[:1])
+        in_place = out is None or bool(args) and out is args[0]
         read, written = free_call_traffic(base, args, _without_out(kwargs), out, func in GATHERS, in_place)
         shapes = (shapes_of(args), shapes_of(out)) if self.shapes else ((), ())
         self.records.append(_new_record((frame[0], name, name, "free", *shapes, 0, 0, 0, "free", read, written)))
@@ -661,9 +661,6 @@ def _alias(out: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     return None
 
 
-_INPLACE_SIGNATURES: dict[Any, inspect.Signature | None] = {}
-
-
 _SETITEM = torch.Tensor.__setitem__
 # embedding bags: (position of the indices, position of the table)
 _EMBEDDING_BAGS = {
@@ -677,6 +674,9 @@ def _base_name(func: Any) -> str:
     """``copy_`` for ``torch.Tensor.copy_`` and ``aten.copy_.default``."""
     packet = getattr(func, "overloadpacket", None)
     return getattr(packet if packet is not None else func, "__name__", "")
+
+
+_INPLACE_SIGNATURES: dict[Any, inspect.Signature | None] = {}  # functions with an inplace parameter
 
 
 def _writes_in_place(func: Any, args: tuple, kwargs: dict) -> bool:
