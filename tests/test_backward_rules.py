@@ -480,6 +480,7 @@ TESTED_ELSEWHERE = {
     aten.embedding_dense_backward, aten._embedding_bag_backward, aten._embedding_bag_dense_backward,
     aten._embedding_bag_per_sample_weights_backward, aten._weight_norm_interface_backward,
     aten._scaled_dot_product_flash_attention_for_cpu_backward, aten.convolution_backward,
+    aten.mkldnn_rnn_layer_backward,
 }
 
 
@@ -529,3 +530,54 @@ def test_first_convolution_counts_no_input_gradient():
         y.backward(torch.ones_like(y))
     assert recorder.by_op["aten.convolution_backward"] == (
         Counts.matmul(y.numel() * 3 * 3 * 3) + Counts.elementwise(flops=y.numel()))
+
+
+class LSTMWithState(nn.Module):
+    """A Linear, then a 2-layer LSTM started from a given state: every gradient the kernel computes
+    (input, weights, initial state) is one autograd needs too, so the native path computes them all."""
+
+    def __init__(self, bidirectional: bool) -> None:
+        super().__init__()
+        self.proj, self.lstm = nn.Linear(8, 8), nn.LSTM(8, 16, num_layers=2, batch_first=True,
+                                                        bidirectional=bidirectional)
+
+    def forward(self, x, h, c):
+        return self.lstm(self.proj(x), (h, c))[0]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_cpu_lstm_step_has_the_native_paths_matmul_flops(bidirectional):
+    """The CPU LSTM's fused kernel (mkldnn_rnn_layer_backward), which FlopCounterMode counts 0 for,
+    against FlopCounterMode on the same step with mkldnn off, where the LSTM runs as matmuls."""
+    from profiler import profile_training
+
+    torch.manual_seed(0)
+    model, directions = LSTMWithState(bidirectional), 2 if bidirectional else 1
+    x = torch.randn(3, 5, 8)
+    h, c = (torch.randn(2 * directions, 3, 16, requires_grad=True) for _ in range(2))
+    with torch.backends.mkldnn.flags(enabled=False):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x, h, c).sum().backward()
+    model.zero_grad(set_to_none=True)
+    step = profile_training(model, inputs=(x, h, c))
+    assert step.uncounted == ()
+    assert step.matmul_flops + step.backward_matmul_flops == counter.get_total_flops()
+
+
+def test_mkldnn_rnn_layer_backward_formula():
+    """One direction of one layer: T·B steps of 4H gates over in + H inputs."""
+    steps, hidden, inputs = 3 * 5, 16, 8
+    x = torch.randn(5, 3, inputs)
+    weights = [torch.randn(4 * hidden, inputs), torch.randn(4 * hidden, hidden), torch.randn(4 * hidden),
+               torch.randn(4 * hidden)]
+    state = torch.zeros(3, hidden)
+    output, hy, cy, workspace = aten.mkldnn_rnn_layer(x, *weights, state, state, False, [], 2, hidden, 1, True,
+                                                      False, False, True)
+    grads = aten.mkldnn_rnn_layer_backward(x, *weights, state, state, output, hy, cy, torch.ones_like(output),
+                                           None, None, False, 2, hidden, 1, True, True, False, [], False, workspace)
+    counted = counts_of(aten.mkldnn_rnn_layer_backward.default, grads, (x, *weights, state, state, output, hy, cy,
+                        torch.ones_like(output), None, None, False, 2, hidden, 1, True, True, False, [], False,
+                        workspace))
+    matmul_macs = 2 * steps * 4 * hidden * (inputs + hidden)
+    assert counted == Counts(matmul_macs, 2 * matmul_macs + steps * hidden * 24 + steps * 4 * hidden, 2 * matmul_macs)

@@ -411,3 +411,20 @@ def test_verbose_says_what_each_wrapper_did(capsys):
     exported = torch.export.export(mlp(), (X,)).module()
     profile(exported, (X,), verbose=True)
     assert "refuses eval()" in capsys.readouterr().out
+
+
+class UnpackedLSTM(nn.LSTM):
+    """Overrides forward, so it is traced: on CPU the LSTM runs aten.mkldnn_rnn_layer per layer."""
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_lstm_subclass_counts_its_fused_kernel_as_the_lstm_rule(bidirectional):
+    x = torch.randn(3, 5, 8)
+    subclass = UnpackedLSTM(8, 16, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    plain = nn.LSTM(8, 16, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    traced, ruled = counted(subclass, (x,)), counted(plain, (x,))
+    assert (traced.total_macs, traced.total_flops, traced.matmul_flops) == (
+        ruled.total_macs, ruled.total_flops, ruled.matmul_flops)

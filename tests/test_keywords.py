@@ -377,6 +377,18 @@ sample(lambda: _embedding_bag(dense=False), A._embedding_bag_backward)
 sample(lambda: _embedding_bag(dense=True), A._embedding_bag_dense_backward)
 sample(lambda: s(r(2, 4), r(10, 4), idx(1, 2, 2, 0, 3), idx(0, 2), idx(0, 0, 1, 1, 1), 0),
        A._embedding_bag_per_sample_weights_backward)
+def _mkldnn_rnn_layer(backward: bool) -> Sample:
+    x, state, weights = r(5, 3, 8), torch.zeros(3, 16), [r(64, 8), r(64, 16), r(64), r(64)]
+    if not backward:
+        return s(x, *weights, state, state, False, [], 2, 16, 1, True, False, False, False)
+    output, hy, cy, workspace = A.mkldnn_rnn_layer(x, *weights, state, state, False, [], 2, 16, 1, True, False,
+                                                   False, True)
+    return s(x, *weights, state, state, output, hy, cy, torch.ones_like(output), None, None, False, 2, 16, 1, True,
+             True, False, [], False, workspace)
+
+
+sample(lambda: _mkldnn_rnn_layer(backward=False), A.mkldnn_rnn_layer)
+sample(lambda: _mkldnn_rnn_layer(backward=True), A.mkldnn_rnn_layer_backward)
 sample(lambda: _nll(two_d=False), A.nll_loss_backward)
 sample(lambda: _nll(two_d=True), A.nll_loss2d_backward)
 sample(lambda: s(torch.tensor(1.0), r(4, 5), r(4, 5), 1), A.mse_loss_backward, A.soft_margin_loss_backward)

@@ -25,7 +25,10 @@ matmul-like work (convolution, attention). Each rule's comment gives its formula
   four matmuls, twice the forward's MACs, and 5 FLOPs per score; the scores a fused kernel
   recomputes are not counted (FlopCounterMode's ``sdpa_backward_flop_count`` counts them).
 
-Left uncounted (reported as usual): ``mkldnn_rnn_layer_backward`` and ``_cudnn_rnn_backward``,
+- ``mkldnn_rnn_layer_backward`` (a CPU LSTM's layer): twice the forward's matmul MACs (the input's,
+  the weights' and the hidden state's gradients) and the textbook LSTM cell backward per unit.
+
+Left uncounted (reported as usual): ``_cudnn_rnn_backward``,
 ``grid_sampler_2d_backward``, ``_ctc_loss_backward``, the margin losses' backwards,
 ``_cdist_backward``, antialiased interpolation's backward.
 """
@@ -73,6 +76,8 @@ __all__ = [
     "sdpa_backward_counts",
     "weight_norm_backward_counts",
     "put_counts",
+    "LSTM_BACKWARD_FLOPS_PER_UNIT",
+    "mkldnn_rnn_layer_backward_counts",
 ]
 
 
@@ -506,3 +511,26 @@ def put_counts(args: tuple, kwargs: dict, out) -> Counts:
 
 
 _register(put_counts, "put")
+
+
+# per hidden unit and step of an LSTM cell's backward, with s(x) = x(1 - x) and t = tanh(c'):
+# dh = g_out + dh_next 1; t 1; d_o = dh * t * s(o) 4; dc = dh * o * (1 - t²) + dc_next 5;
+# d_i = dc * g * s(i) 4; d_f = dc * c * s(f) 4; d_g = dc * i * (1 - g²) 4; dc_prev = dc * f 1
+LSTM_BACKWARD_FLOPS_PER_UNIT = 24
+
+
+def mkldnn_rnn_layer_backward_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # mkldnn_rnn_layer_backward(input, w_ih [4H, in], w_hh [4H, H], b_ih, b_hh, hx, cx, output, hy,
+    # cy, grad_output, grad_hy, grad_cy, reverse, mode, hidden_size, num_layers, has_biases, ...):
+    # one direction of one layer over T·B steps (input [T, B, in], [B, T, in] or packed [N, in]).
+    # From the gates' gradient dG: dx = dG·W_ih, dW_ih = dGᵀ·x, dh = dG·W_hh, dW_hh = dGᵀ·h, twice
+    # the forward's matmul MACs; the bias gradient sums dG, 1 add per gate value (b_hh's is the same)
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    steps = x.numel() // x.shape[-1] if x.dim() else 0
+    gates, hidden = w_ih.shape[0], w_hh.shape[1]
+    bias = steps * gates if arg(args, kwargs, 17, "has_biases", True) else 0
+    return Counts.matmul(2 * steps * gates * (x.shape[-1] + hidden)) + Counts.elementwise(
+        flops=steps * hidden * LSTM_BACKWARD_FLOPS_PER_UNIT + bias)
+
+
+_register(mkldnn_rnn_layer_backward_counts, "mkldnn_rnn_layer_backward")

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from hooks.counts import Counts
-from hooks.registry import module_rule
+from hooks.registry import function_rule, module_rule
+from hooks.rules.common import arg
 
-__all__ = ["rnn_cell_ops", "gru_cell_ops", "lstm_cell_ops"]
+__all__ = ["rnn_cell_ops", "gru_cell_ops", "lstm_cell_ops", "mkldnn_rnn_layer_counts"]
 
 
 CellOps = Callable[[int, int, bool, int], tuple[int, int]]
@@ -99,3 +101,16 @@ module_rule(nn.LSTMCell, thop=_CELL_THOP)(_cell_rule("lstm_cell_counts", lstm_ce
 module_rule(nn.RNN, thop=_SEQUENCE_THOP)(_sequence_rule("rnn_counts", rnn_cell_ops))
 module_rule(nn.GRU, thop=_SEQUENCE_THOP)(_sequence_rule("gru_counts", gru_cell_ops))
 module_rule(nn.LSTM, thop=_SEQUENCE_THOP)(_sequence_rule("lstm_counts", lstm_cell_ops))
+
+
+def mkldnn_rnn_layer_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # mkldnn_rnn_layer(input, w_ih [4H, in], w_hh [4H, H], b_ih, b_hh, hx, cx, reverse, batch_sizes,
+    # mode, hidden_size, num_layers, has_biases, ...): the kernel a CPU LSTM runs, one direction of
+    # one layer over T·B steps (seen at the aten level: a subclass that overrides forward, TorchScript)
+    x, w_hh = args[0], args[2]
+    steps = x.numel() // x.shape[-1] if x.dim() else 0
+    return _counts(*lstm_cell_ops(x.shape[-1], w_hh.shape[1], bool(arg(args, kwargs, 12, "has_biases", True))), steps)
+
+
+if hasattr(torch.ops.aten, "mkldnn_rnn_layer"):
+    function_rule(torch.ops.aten.mkldnn_rnn_layer)(mkldnn_rnn_layer_counts)
