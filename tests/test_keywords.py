@@ -387,6 +387,12 @@ def _mkldnn_rnn_layer(backward: bool) -> Sample:
              True, False, [], False, workspace)
 
 
+# F.embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+# per_sample_weights): a weighted sum, so every argument the rule reads is in play
+sample(lambda: s(idx(1, 2, 2, 0, 3), r(10, 4), idx(0, 2), None, 2.0, False, "sum", False, r(5)), F.embedding_bag)
+# _embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse, per_sample_weights)
+sample(lambda: s(r(10, 4), idx(1, 2, 2, 0, 3), idx(0, 2), False, 0, False, r(5)),
+       A._embedding_bag, A._embedding_bag_forward_only)
 sample(lambda: _mkldnn_rnn_layer(backward=False), A.mkldnn_rnn_layer)
 sample(lambda: _mkldnn_rnn_layer(backward=True), A.mkldnn_rnn_layer_backward)
 sample(lambda: _nll(two_d=False), A.nll_loss_backward)

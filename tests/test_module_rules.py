@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 import thop
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.flop_counter import FlopCounterMode
@@ -866,3 +867,23 @@ def test_matmul_flops_match_flop_counter(layer: nn.Module, inputs: Inputs, expec
     with counter, torch.no_grad():
         copy.deepcopy(layer).eval()(*built)
     assert counter.get_total_flops() == expected.matmul_flops
+
+
+class BagFunction(nn.Module):
+    """``F.embedding_bag`` on the bag module's own table: the function rule, not the module's."""
+
+    def __init__(self, bag: nn.EmbeddingBag) -> None:
+        super().__init__()
+        self.bag = bag
+
+    def forward(self, x, offsets=None, weights=None):
+        return F.embedding_bag(x, self.bag.weight, offsets, mode=self.bag.mode, per_sample_weights=weights)
+
+
+@pytest.mark.parametrize(("layer", "inputs", "expected"), EMBEDDING_BAG_CASES)
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script` is deprecated:FutureWarning")
+def test_embedding_bag_as_a_function_and_scripted_counts_as_the_module(layer, inputs, expected) -> None:
+    for model in (BagFunction(layer), torch.jit.script(layer)):
+        result = profile(model, inputs=build_inputs(inputs))
+        assert Expected(result.total_macs, result.total_flops, result.matmul_flops) == expected
+        assert result.uncounted == ()

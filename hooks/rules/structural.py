@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hooks.counts import Counts
-from hooks.registry import free_functions, free_modules, module_rule
+from hooks.registry import free_functions, free_modules, function_rule, module_rule
+from hooks.rules.common import arg
 
-__all__ = ["embedding_bag_counts"]
+__all__ = ["embedding_bag_counts", "embedding_bag_function_counts", "embedding_bag_operator_counts"]
 
 free_modules(
     nn.Identity, nn.Flatten, nn.Unflatten,
@@ -28,12 +29,35 @@ free_modules(
 def embedding_bag_counts(module: nn.Module, inputs: tuple, output) -> Counts:
     # [B, dim] = embedding_bag(indices [n] or [B, L]); one add per gathered element for
     # mode "sum" and "mean", plus a division per output element for "mean"; "max" compares only
-    gathered = inputs[0].numel() * module.embedding_dim
-    if module.mode == "max":
-        return Counts()
     weighted = len(inputs) > 2 and inputs[2] is not None
-    flops = gathered * (2 if weighted else 1) + (output.numel() if module.mode == "mean" else 0)
-    return Counts.elementwise(flops=flops)
+    return Counts.elementwise(flops=_bag_flops(inputs[0].numel() * module.embedding_dim, module.mode, weighted,
+                                               output.numel()))
+
+
+def _bag_flops(gathered: int, mode: str, weighted: bool, out_numel: int) -> int:
+    if mode == "max":
+        return 0
+    return gathered * (2 if weighted else 1) + (out_numel if mode == "mean" else 0)
+
+
+@function_rule(F.embedding_bag)
+def embedding_bag_function_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # F.embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+    # per_sample_weights, ...): as nn.EmbeddingBag
+    indices, weight = args[0], args[1]
+    mode, weights = arg(args, kwargs, 6, "mode", "mean"), arg(args, kwargs, 8, "per_sample_weights")
+    return Counts.elementwise(flops=_bag_flops(indices.numel() * weight.shape[-1], mode, weights is not None, out.numel()))
+
+
+@function_rule(torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only)
+def embedding_bag_operator_counts(args: tuple, kwargs: dict, out) -> Counts:
+    # _embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode (0 sum, 1 mean, 2 max), sparse,
+    # per_sample_weights, ...) -> (output, offset2bag, bag_size, max_indices): as nn.EmbeddingBag
+    weight, indices = args[0], args[1]
+    mode = ("sum", "mean", "max")[arg(args, kwargs, 4, "mode", 0)]
+    weights = arg(args, kwargs, 6, "per_sample_weights")
+    return Counts.elementwise(flops=_bag_flops(indices.numel() * weight.shape[-1], mode, weights is not None,
+                                               out[0].numel()))
 
 
 def _existing(*names: str) -> list:
