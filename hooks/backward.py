@@ -34,7 +34,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.capture import (
-    _TRACED, Capture, CaptureError, RuleError, _capture_error, _has_sparse, _is_floating, _layer, _module_infos,
+    _TRACED, Capture, CaptureError, RuleError, _capture_error, _is_floating, _layer, _module_infos, _not_dense,
     _copies, _new_record, _plan, _Recorder, attached, gc_paused,
 )
 from hooks.counts import checked
@@ -216,7 +216,7 @@ class _StepRecorder(_Recorder):
                 return
             if not _is_floating(out):
                 return
-            if rule is None or kwargs or _has_sparse(args) or torch._C._functorch.peek_interpreter_stack() is not None:
+            if rule is None or kwargs or _not_dense(args) or torch._C._functorch.peek_interpreter_stack() is not None:
                 self._count_call([layer, 0], name, op, rule, args, kwargs, out)
                 return
             try:  # the common case of _count_call, on the path every backward operator takes

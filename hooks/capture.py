@@ -85,21 +85,35 @@ class CaptureError(RuntimeError):
 def shapes_of(value: Any) -> tuple[Shape, ...]:
     """Shapes of the tensors in ``value``, searched through tuples, lists and dicts.
 
-    Each shape is the tensor's ``torch.Size``, an immutable tuple of ints, kept as it is.
+    Each shape is the tensor's ``torch.Size``, an immutable tuple of ints, kept as it is; a nested
+    tensor's has None for each ragged dimension (:func:`_nested_shape`).
     """
     if isinstance(value, torch.Tensor):
-        return (value.shape,)
+        return (_nested_shape(value) if value.is_nested else value.shape,)
     if isinstance(value, dict):
         value = tuple(value.values())
     if isinstance(value, (tuple, list)):
         shapes = []  # a loop, not nested generators: this runs on every module call
         for item in value:
             if isinstance(item, torch.Tensor):
-                shapes.append(item.shape)
+                shapes.append(_nested_shape(item) if item.is_nested else item.shape)
             elif isinstance(item, (tuple, list, dict)):
                 shapes.extend(shapes_of(item))
         return tuple(shapes)
     return ()
+
+
+def _nested_shape(t: torch.Tensor) -> Shape:
+    """A nested tensor's shape with None for each ragged dimension, which has no one size: a
+    strided nested tensor has no ``.shape`` at all, a jagged one a symbolic size there."""
+    sizes: list[int | None] = []
+    for dim in range(t.dim()):
+        try:
+            size = t.size(dim)
+        except RuntimeError:  # "dimension 1 is irregular"
+            size = None
+        sizes.append(size if type(size) is int else None)
+    return tuple(sizes)
 
 
 def _new_record(fields: tuple) -> Record:
@@ -108,7 +122,7 @@ def _new_record(fields: tuple) -> Record:
 
 
 def _input_shapes(args: tuple, kwargs: dict) -> tuple[Shape, ...]:
-    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):  # most module calls
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and not args[0].is_nested:  # most calls
         return (args[0].shape,)
     return shapes_of(args) + shapes_of(kwargs) if kwargs else shapes_of(args)
 
@@ -267,12 +281,17 @@ def _type_name(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _has_sparse(values: tuple) -> bool:
-    """True when a tensor among ``values`` has a sparse layout: rules read dense shapes."""
+def _not_dense(values: Iterable) -> str | None:
+    """``"nested"`` or ``"sparse"`` when a tensor among ``values`` is one, else None: rules read
+    dense shapes, which a nested tensor (strided or jagged) does not have and a sparse one does
+    not fill."""
     for value in values:
-        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
-            return True
-    return False
+        if isinstance(value, torch.Tensor):
+            if value.is_nested:
+                return "nested"
+            if value.layout != torch.strided:
+                return "sparse"
+    return None
 
 
 _PRODUCTS = frozenset({"matmul_counts", "addmm_counts"})  # the rules of mm, matmul, @, addmm and their aten ops
@@ -449,10 +468,11 @@ class _Recorder(TorchFunctionMode):
         counts = ZERO
         if rule is None:
             status = "uncounted"
-        elif _has_sparse(args):  # rules read dense shapes: count a sparse product by its stored values
-            counts = _sparse_matmul_counts(args, out) if rule.name in _PRODUCTS else None
+        elif (layout := _not_dense((*args, *kwargs.values()) if kwargs else args)) is not None:
+            # rules read dense shapes: count a sparse product by its stored values
+            counts = _sparse_matmul_counts(args, out) if layout == "sparse" and rule.name in _PRODUCTS else None
             if counts is None:
-                counts, status, name = ZERO, "uncounted", f"{name} (sparse)"
+                counts, status, name = ZERO, "uncounted", f"{name} ({layout})"
         else:
             if kwargs:
                 args, kwargs = positional(func, args, kwargs)
@@ -558,7 +578,7 @@ class _Recorder(TorchFunctionMode):
             status = "counted"
             if rule.free:
                 counts, status = ZERO, "free"
-            elif _has_sparse(args):  # rules read dense shapes
+            elif _not_dense((*args, *kwargs.values()) if kwargs else args):  # rules read dense shapes
                 counts, status = ZERO, "uncounted"
             else:
                 counts = self._apply(rule, module, name, _bind(module, args, kwargs), output)
@@ -575,6 +595,8 @@ class _Recorder(TorchFunctionMode):
         what the base computes and the rule counts it (thop's MACs for norms included). Else its
         traced calls stand."""
         start = frame[5]
+        if _not_dense((*frame[3], *kwargs.values()) if kwargs else frame[3]):
+            return False  # the rule reads dense shapes
         own = self.records[start:]
         if any(r.function is None or r.status not in ("counted", "free") or r.name != frame[0] for r in own):
             return False

@@ -6,7 +6,8 @@ from typing import Literal, NamedTuple
 
 __all__ = ["Record", "Status", "Shape"]
 
-Shape = tuple[int, ...]
+Shape = tuple[int | None, ...]
+"""A tensor's sizes; None for a nested tensor's ragged dimension, which has no one size."""
 
 Status = Literal["counted", "free", "traced", "uncounted"]
 """How a call was counted.

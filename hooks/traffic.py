@@ -65,7 +65,7 @@ def tensor_bytes(t: torch.Tensor) -> int:
         except (RuntimeError, NotImplementedError):
             return 0
     n = t.nbytes
-    if n and not t.is_contiguous():
+    if n and not t.is_contiguous() and not t.is_nested:  # a nested tensor has no one shape: never expanded
         for size, stride in zip(t.shape, t.stride()):
             if stride == 0 and size > 1:
                 n //= size
