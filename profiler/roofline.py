@@ -13,9 +13,11 @@ the estimate is a lower bound on the time.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -33,6 +35,8 @@ class Device:
     ``flops`` keys are dtype names (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"tf32"``,
     ``"float8"``, ``"int8"``); ``torch.float32`` matmuls run at the ``"tf32"`` peak only when
     you ask for it (``dtype="tf32"``), as they do with ``torch.backends.cuda.matmul.allow_tf32``.
+    Figures may be any real numbers (numpy scalars too) and are kept as floats. A device is
+    read-only: its ``flops`` is a read-only mapping, so the table in :data:`DEVICES` stays as published.
     """
 
     name: str
@@ -42,23 +46,37 @@ class Device:
     """Bytes of device memory, for reference."""
 
     def __post_init__(self) -> None:
-        if not _positive(self.bandwidth):
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a string, not {type(self.name).__name__}")
+        if not isinstance(self.flops, Mapping):
+            raise TypeError(f"flops must be a mapping of dtype name to peak FLOP/s, e.g. {{'bfloat16': 989e12}}, "
+                            f"not {type(self.flops).__name__}")
+        bandwidth = _figure(self.bandwidth, "bandwidth")
+        if bandwidth is None:
             raise ValueError(f"bandwidth must be a positive, finite number of bytes per second, not {self.bandwidth!r}")
-        if self.memory is not None and not _positive(self.memory):
+        memory = None if self.memory is None else _figure(self.memory, "memory")
+        if self.memory is not None and memory is None:
             raise ValueError(f"memory must be None or a positive, finite number of bytes, not {self.memory!r}")
         given = dict(self.flops)
-        if not given or not all(isinstance(k, (str, torch.dtype)) and _positive(v) for k, v in given.items()):
+        peaks = {k: _figure(v, f"flops[{k!r}]") for k, v in given.items()}
+        if not given or not all(isinstance(k, (str, torch.dtype)) and v is not None for k, v in peaks.items()):
             raise ValueError(f"flops must map dtype names to positive, finite peak FLOP/s, not {given!r}")
-        flops = {dtype_name(k): v for k, v in given.items()}
+        flops = {dtype_name(k): v for k, v in peaks.items()}
         unknown = [k for k in flops if k not in DTYPES]
         if unknown:
             raise ValueError(f"unknown dtype name(s) {', '.join(map(repr, unknown))} in flops; known: {', '.join(DTYPES)}")
         if len(flops) < len(given):
             raise ValueError(f"flops names one dtype twice (float8 kinds share one peak): {given!r}")
-        object.__setattr__(self, "flops", flops)
+        object.__setattr__(self, "flops", MappingProxyType(flops))
+        object.__setattr__(self, "bandwidth", bandwidth)
+        object.__setattr__(self, "memory", memory)
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.flops.items())), self.bandwidth))
+
+    def __reduce__(self) -> tuple:
+        """Pickle and copy by the arguments: the read-only ``flops`` mapping cannot be pickled itself."""
+        return Device, (self.name, dict(self.flops), self.bandwidth, self.memory)
 
     def peak(self, dtype: str | torch.dtype) -> float:
         """Peak dense FLOP/s for ``dtype``; ValueError listing the dtypes this device has figures for."""
@@ -69,8 +87,17 @@ class Device:
             raise ValueError(f"{self.name} has no peak FLOP/s for {name}; it has {', '.join(self.flops)}") from None
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def _figure(value: Any, what: str) -> float | None:
+    """``value`` as a float if it is a positive, finite real number (a numpy scalar too; not a
+    bool), else None; a ValueError naming ``what`` for a number too large to be a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        figure = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is too large to be a float (an integer of {len(str(abs(int(value))))} digits); "
+                         "give a finite figure such as 989.4e12") from None
+    return figure if math.isfinite(figure) and figure > 0 else None
 
 
 DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16", "float8", "int8", "int4")
@@ -88,7 +115,7 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 
 # Dense (no 2:4 sparsity) peaks and memory bandwidth from the vendors' published figures. Where a
 # datasheet quotes only "with sparsity" figures, the dense ones are half of them.
-DEVICES: dict[str, Device] = {
+DEVICES: Mapping[str, Device] = MappingProxyType({
     # NVIDIA A100 Tensor Core GPU datasheet (2021), SXM4 80GB column
     "A100-SXM4-80GB": Device("A100-SXM4-80GB", {
         "float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12, "float16": 312e12, "int8": 624e12,
@@ -115,7 +142,8 @@ DEVICES: dict[str, Device] = {
         "float32": 82.6e12, "tf32": 82.6e12, "bfloat16": 165.2e12, "float16": 165.2e12, "float8": 330.3e12,
         "int8": 660.6e12,
     }, bandwidth=1.008e12, memory=24e9),
-}
+})
+"""The built-in devices by name, read-only."""
 _ALIASES = {"A100": "A100-SXM4-80GB", "H100": "H100-SXM5", "4090": "RTX-4090"}
 
 
