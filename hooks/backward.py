@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -269,10 +269,12 @@ def _step_undone(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterat
 
 
 def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[Any], torch.Tensor],
-                 resolver: Resolver) -> StepCapture:
+                 resolver: Resolver, stop_at: Sequence[torch.autograd.graph.GradientEdge] = ()) -> StepCapture:
     """Run ``call()`` (one forward of ``model``) in training mode with grad enabled, ``loss_fn`` on
     its output, and the backward of that loss, all counted; the model comes back as it was
     (training flags, gradients, buffers, the random state), also when any of them raises.
+    The backward does not go past the nodes of ``stop_at`` (the gradient edges of the model's
+    inputs, taken before ``call()``): the graph that made the inputs is not run.
 
     A loss that is not a scalar requiring grad raises :class:`LossError`. An error in the forward
     is a :class:`CaptureError` naming the layer, as in :func:`hooks.capture.capture_forward`; in
@@ -304,7 +306,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                     recorder.start_backward()
                     torch._C._push_on_torch_dispatch_stack(recorder.backward_counter)
                     try:
-                        _run_backward(loss)
+                        _run_backward(loss, stop_at)
                     finally:
                         torch._C._pop_torch_dispatch_stack(None)
             finally:
@@ -329,16 +331,38 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                            recorder.outside)
 
 
-def _run_backward(loss: torch.Tensor) -> None:
-    """``loss.backward()``, straight into autograd's engine. ``Tensor.backward`` would go through
-    the function mode, which steps off the stack while a call it sees runs: a forward recomputed
-    in the backward (``torch.utils.checkpoint``) would run unseen."""
+def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge] = ()) -> None:
+    """``loss.backward()``, straight into autograd's engine, not past ``stop_at``. ``Tensor.backward``
+    would go through the function mode, which steps off the stack while a call it sees runs: a
+    forward recomputed in the backward (``torch.utils.checkpoint``) would run unseen."""
     with torch._C.DisableTorchFunction():
         seed = torch.ones_like(loss, memory_format=torch.preserve_format)
     engine = getattr(torch.autograd.graph, "_engine_run_backward", None)
     if engine is None:  # torch < 2.3
         engine = torch.autograd.Variable._execution_engine.run_backward
-    engine((loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True)
+    inputs = _inputs_short_of(loss, stop_at) if stop_at else ()
+    engine((loss,), (seed,), False, False, inputs, allow_unreachable=True, accumulate_grad=True)
+
+
+def _inputs_short_of(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge]) -> tuple:
+    """The engine's ``inputs`` for a backward of ``loss`` that stops at ``stop_at``: those edges
+    (the engine runs their nodes, which compute nothing when nothing past them is needed) and every
+    leaf reached without passing one of them, a gradient the plain backward would accumulate."""
+    stops = {edge.node for edge in stop_at}
+    inputs = list(stop_at)
+    first = torch.autograd.graph.get_gradient_edge(loss).node
+    seen, todo = {first}, [first]
+    while todo:
+        node = todo.pop()
+        if node in stops:
+            continue
+        if hasattr(node, "variable"):  # AccumulateGrad: a leaf's gradient
+            inputs.append(torch.autograd.graph.GradientEdge(node, 0))
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return tuple(inputs)
 
 
 def _check_loss(loss: Any) -> None:
