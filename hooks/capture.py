@@ -72,6 +72,41 @@ class Capture:
     """What the capture did about wrapped, compiled, scripted or exported modules, a line each."""
     ran_nothing: bool = False
     """The model's forward ran no layer and no torch function (it returned a generator, or early)."""
+    lazy_output: str = ""
+    """The type of the iterator the forward returned (``generator``, ``map``), if it did: work it
+    was to do when consumed ran after the capture, uncounted."""
+
+    @property
+    def idle(self) -> bool:
+        """True when the forward ran nothing at all, or counted nothing (no MACs or FLOPs, nothing
+        uncounted) while none of the layers holding the model's parameters ran and it holds some
+        or returned an iterator: its layers were skipped, or left to run later. A model of
+        parameter-free layers that ran (``ReLU``, ``Flatten``) is not idle: it did no arithmetic."""
+        if self.ran_nothing:
+            return True
+        if self.other_threads:
+            return False  # the layers ran in another thread, which its own warning says
+        called: set[str] = set()  # layers whose module call has a record
+        calling: set[str] = set()  # layers that made a torch call of their own
+        for r in self.records:
+            if r.macs or r.flops or r.status == "uncounted":
+                return False
+            (called if r.function is None else calling).add(r.name)
+        holds = False
+        ruled = ""  # the ruled layer a covered one is counted in: in named_modules() order, the last not covered
+        for info in self.modules:
+            if not info.covered:
+                ruled = info.name
+            if not info.params:
+                continue
+            holds = True
+            # the model itself always has a record: its parameters ran if it used them in a call,
+            # or if it is a layer its rule counts
+            ran = info.name in called and (info.name or info.rule) or info.name in calling or \
+                info.covered and ruled in called
+            if ran:
+                return False
+        return holds or bool(self.lazy_output)
 
 
 class RuleError(RuntimeError):
@@ -959,7 +994,7 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
                         recorder if functions else nullcontext():
                     started = True
                     _active.recorder = recorder
-                    call()
+                    output = call()
             finally:
                 _active.recorder = None
                 recorder.close()
@@ -972,7 +1007,7 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
         return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes),
-                       recorder.ran_nothing)
+                       recorder.ran_nothing, type(output).__name__ if isinstance(output, Iterator) else "")
 
 
 def record_traffic(name: str, bytes_read: int, bytes_written: int) -> None:

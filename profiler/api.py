@@ -198,9 +198,8 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
         listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) if n else 'the model' for n in u.layers)})"
                             for u in uncounted)
         raise UncountedError(f"strict=True and these ran without a rule: {listing}")
-    if capture.ran_nothing:
-        message = ("the forward ran no layer and no torch function: nothing was counted "
-                   "(does forward return a generator, or return before calling anything?)")
+    if capture.idle:
+        message = _idle_message(capture)
         if strict:
             raise UncountedError(f"strict=True and {message}")
         warnings.warn(message, UncountedWarning, stacklevel=3)
@@ -215,6 +214,20 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
         if strict:
             raise UncountedError(f"strict=True and {message}")
         warnings.warn(message, UncountedWarning, stacklevel=3)
+
+
+def _idle_message(capture: Capture) -> str:
+    """What an idle forward (:attr:`hooks.capture.Capture.idle`) did, and what to do."""
+    if capture.ran_nothing:
+        what = "the forward ran no layer and no torch function: nothing was counted"
+    else:
+        held = sum(info.params for info in capture.modules)
+        what = "the forward counted nothing" + (
+            f" and ran none of the layers holding the model's {held:,} parameters" if held else "")
+    if capture.lazy_output:
+        return (f"{what}; it returned a {capture.lazy_output}, whose work runs only when it is consumed, after "
+                "profiling: consume it inside forward (return a tuple or list, e.g. tuple(self.layer(t) for t in x))")
+    return f"{what} (does forward return before calling its layers, or return its input or an index of it?)"
 
 
 def warn_uncounted(uncounted: Sequence[Uncounted]) -> None:
