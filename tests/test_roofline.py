@@ -96,6 +96,71 @@ def test_bad_device_values_are_refused_naming_the_value(flops, bandwidth):
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    pytest.param(("toy", [1e12]), TypeError, "flops must be a mapping of dtype name to peak FLOP/s, "
+                 "e.g. {'bfloat16': 989e12}, not list", id="flops a list"),
+    pytest.param(("toy", None), TypeError, "flops must be a mapping of dtype name to peak FLOP/s, "
+                 "e.g. {'bfloat16': 989e12}, not NoneType", id="flops None"),
+    pytest.param((100, {"float32": 1e12}), TypeError, "name must be a string, not int", id="name an int"),
+])
+def test_device_arguments_of_the_wrong_type_are_refused_naming_them(arguments, error, message):
+    with pytest.raises(error) as info:
+        Device(*arguments, bandwidth=1e12)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("flops", "bandwidth", "memory", "named"), [
+    pytest.param({"float32": 10**400}, 1e12, None, "flops['float32']", id="peak"),
+    pytest.param({"float32": 1e12}, 10**400, None, "bandwidth", id="bandwidth"),
+    pytest.param({"float32": 1e12}, 1e12, 10**400, "memory", id="memory"),
+])
+def test_a_figure_too_large_for_a_float_is_refused_naming_it(flops, bandwidth, memory, named):
+    digits = len(str(10**400))
+    with pytest.raises(ValueError) as info:
+        Device("toy", flops, bandwidth=bandwidth, memory=memory)
+    assert str(info.value).startswith(f"{named} is too large to be a float (an integer of {digits} digits)")
+
+
+def test_real_figures_of_any_kind_are_kept_as_floats():
+    numpy = pytest.importorskip("numpy")
+    from fractions import Fraction
+
+    peak, bandwidth, memory = numpy.float32(1e3), numpy.int64(10**6), Fraction(80, 1)
+    device = Device("toy", {"float32": peak}, bandwidth=bandwidth, memory=memory)
+    assert (device.flops["float32"], device.bandwidth, device.memory) == (float(peak), float(bandwidth), float(memory))
+    assert all(type(v) is float for v in (*device.flops.values(), device.bandwidth, device.memory))
+    estimate = profile(nn.Linear(8, 16), torch.rand(3, 8)).roofline(device)
+    assert estimate.time == roof(LINEAR_FLOPS, LINEAR_BYTES, float(peak), float(bandwidth))
+    with pytest.raises(ValueError, match="flops must map dtype names to positive, finite peak FLOP/s"):
+        Device("toy", {"float32": numpy.bool_(True)}, bandwidth=1e12)
+
+
+def test_devices_are_read_only():
+    published = {name: (dict(device.flops), device.bandwidth, device.memory) for name, device in DEVICES.items()}
+    h100 = lookup_device("H100")
+    with pytest.raises(TypeError):
+        h100.flops["bfloat16"] = 1.0
+    with pytest.raises(AttributeError):
+        h100.bandwidth = 1.0
+    with pytest.raises(TypeError):
+        DEVICES["H100-SXM5"] = Device("H100-SXM5", {"bfloat16": 1.0}, bandwidth=1.0)
+    assert {name: (dict(d.flops), d.bandwidth, d.memory) for name, d in DEVICES.items()} == published
+    assert lookup_device("H100").peak("bfloat16") == published["H100-SXM5"][0]["bfloat16"]
+    given = {"float32": 1e12}
+    toy = Device("toy", given, bandwidth=1e12)
+    given["float32"] = 1.0  # the caller's dict, changed after: the device keeps its own
+    assert toy.peak("float32") == 1e12
+
+
+def test_a_device_pickles_and_copies_equal():
+    import copy
+    import pickle
+
+    for device in (H100, Device("toy", {torch.float16: 1e12}, bandwidth=2e12, memory=8e9)):
+        for twin in (pickle.loads(pickle.dumps(device)), copy.deepcopy(device), copy.copy(device)):
+            assert twin == device and hash(twin) == hash(device) and twin.memory == device.memory
+
+
 def test_an_unknown_device_lists_every_known_one():
     result = profile(nn.Linear(8, 16), torch.rand(3, 8))
     with pytest.raises(ValueError, match="unknown device 'B200'") as info:
