@@ -340,14 +340,20 @@ def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.Gra
     engine = getattr(torch.autograd.graph, "_engine_run_backward", None)
     if engine is None:  # torch < 2.3
         engine = torch.autograd.Variable._execution_engine.run_backward
-    inputs = _inputs_short_of(loss, stop_at) if stop_at else ()
-    engine((loss,), (seed,), False, False, inputs, allow_unreachable=True, accumulate_grad=True)
+    if not stop_at:
+        engine((loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True)
+        return
+    # The gradients of the leaves and of the stops are computed and dropped, not accumulated: the
+    # engine runs no node of the graph past the stops, not even their own (whose saved tensors an
+    # earlier backward may have freed), and no leaf's gradient accumulation.
+    engine((loss,), (seed,), False, False, _inputs_short_of(loss, stop_at), allow_unreachable=True,
+           accumulate_grad=False)
 
 
 def _inputs_short_of(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge]) -> tuple:
-    """The engine's ``inputs`` for a backward of ``loss`` that stops at ``stop_at``: those edges
-    (the engine runs their nodes, which compute nothing when nothing past them is needed) and every
-    leaf reached without passing one of them, a gradient the plain backward would accumulate."""
+    """The engine's ``inputs`` for a backward of ``loss`` that stops at ``stop_at``: those edges,
+    and the edge of every leaf reached without passing one of them (a gradient the plain backward
+    would accumulate)."""
     stops = {edge.node for edge in stop_at}
     inputs = list(stop_at)
     first = torch.autograd.graph.get_gradient_edge(loss).node
