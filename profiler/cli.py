@@ -23,7 +23,8 @@ from profiler import __version__
 from profiler.api import profile
 from profiler.generation import profile_generation
 from profiler.render import (
-    COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, ROOFLINE_COLUMNS, SORT_KEYS, TRAINING_COLUMNS, TableOptions,
+    COLUMNS, DEFAULT_COLUMNS, MAX_AUTO_ROWS, MAX_WIDTH, ROOFLINE_COLUMNS, SORT_KEYS, TRAINING_COLUMNS,
+    TRAINING_ROOFLINE_COLUMNS, TableOptions,
 )
 from profiler.roofline import DEVICES, lookup_device
 from profiler.training import OPTIMIZERS, profile_training, training_summary
@@ -256,7 +257,10 @@ def run(argv: Sequence[str] | None = None) -> str:
                 device.peak(args.roofline_dtype)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    default = ROOFLINE_COLUMNS if args.roofline else TRAINING_COLUMNS if args.train else DEFAULT_COLUMNS
+    if args.roofline is not None:  # the columns the result's table shows by default
+        default = TRAINING_ROOFLINE_COLUMNS if args.train else ROOFLINE_COLUMNS
+    else:
+        default = TRAINING_COLUMNS if args.train else DEFAULT_COLUMNS
     options = TableOptions(args.depth, columns or default, args.sort, args.top, args.units)
     try:
         options.validate(timed=True, training=args.train, roofline=args.roofline is not None)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 from hooks import REGISTRY, ModuleInfo, Record
 from hooks.backward import LossError, capture_step
@@ -20,11 +19,13 @@ from profiler.api import (
     UncountedWarning, _check_devices, _custom_rules, check_counted, compute_dtype, forward_arguments, warn_uncounted,
 )
 from profiler.render import TRAINING_COLUMNS
-from profiler.result import ProfileResult
+from profiler.result import ProfileResult, RooflineResult
+from profiler.roofline import Device
 from profiler.tree import Uncounted, sum_counts, uncounted_summary
-from profiler.units import format_bytes, format_count
+from profiler.units import format_bytes, format_count, format_seconds
 
-__all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "default_loss", "profile_training", "training_summary"]
+__all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "TrainingRoofline", "default_loss", "profile_training",
+           "tensors_in", "training_summary"]
 
 # Optimizer state kept per trainable parameter, in tensors of the parameter's shape and dtype.
 OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
@@ -33,8 +34,9 @@ OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
 @dataclass(frozen=True, slots=True)
 class StepMemory:
     """Bytes a training step holds at its peak, before the backward frees the activations:
-    the parameters and buffers, a gradient per trainable parameter, the optimizer's state and the
-    activations saved for the backward. Temporary buffers of single operators are not included."""
+    the parameters and buffers (each storage once), a gradient per trainable parameter, the
+    optimizer's state and the activations saved for the backward. Temporary buffers of single
+    operators are not included."""
 
     parameters: int
     buffers: int
@@ -96,6 +98,10 @@ class TrainingResult(ProfileResult):
         """Bytes autograd saved for the backward, each storage once, parameters and buffers excluded."""
         return self.memory.activations
 
+    def roofline(self, device: str | Device, dtype: str | torch.dtype | None = None) -> TrainingRoofline:
+        """:meth:`ProfileResult.roofline`, still a training result: see :class:`TrainingRoofline`."""
+        return TrainingRoofline(self, device, dtype)
+
     def to_dict(self) -> dict[str, Any]:
         report = super().to_dict()
         report["memory"] = self.memory.to_dict()
@@ -106,6 +112,25 @@ class TrainingResult(ProfileResult):
                 f"training_flops={format_count(self.training_flops, 'exact')}, "
                 f"params={format_count(self.total_params, 'exact')}, memory={format_bytes(self.memory.total)}"
                 + (f", uncounted={sum(u.calls for u in self.uncounted)} calls" if self.uncounted else "") + ")")
+
+
+class TrainingRoofline(RooflineResult, TrainingResult):
+    """A training profile with estimated times on a device (:meth:`TrainingResult.roofline`): a
+    :class:`RooflineResult` (``time``, ``bound``, the estimate columns, the ``roofline`` export) that
+    is still a :class:`TrainingResult` (``memory``, the backward's counts, ``training_flops``,
+    ``activation_bytes``, the ``memory`` export), with the figures of the result it came from."""
+
+    source: TrainingResult
+
+    def __new__(cls, result: TrainingResult, device: str | Device, dtype: str | torch.dtype | None = None):
+        self = super().__new__(cls, result, device, dtype)
+        self._backward, self.memory = result._backward, result.memory
+        return self
+
+    def __repr__(self) -> str:
+        return (f"TrainingRoofline(device={self.device.name!r}, dtype={self.peak_dtype}, time={format_seconds(self.time)}, "
+                f"training_flops={format_count(self.training_flops, 'exact')}, memory={format_bytes(self.memory.total)}, "
+                f"bound={self.bound!r})")
 
 
 def training_summary(result: TrainingResult, units: str = "human") -> str:
@@ -131,8 +156,7 @@ def default_loss(output: Any) -> torch.Tensor:
     own = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if isinstance(own, torch.Tensor) and own.requires_grad:
         return own
-    tensors = [t for t in tree_leaves(output)
-               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    tensors = [t for t in tensors_in(output) if t.is_floating_point() and t.requires_grad]
     if not tensors:
         raise LossError("the model's output holds no floating-point tensor that requires grad, so there is no "
                         "backward to count: is every parameter frozen? Or pass loss=lambda output: ...")
@@ -143,12 +167,31 @@ def default_loss(output: Any) -> torch.Tensor:
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
+    if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy module never called
+        return 0
     return tensor.numel() * tensor.element_size()
+
+
+def _storages(tensors: Sequence[torch.Tensor]) -> dict[int, int]:
+    """The bytes of each storage ``tensors`` view, by storage: tensors sharing one count it once,
+    whole; a tensor with no single storage (sparse, nested) counts its own elements."""
+    sizes: dict[int, int] = {}
+    for tensor in tensors:
+        try:
+            storage = tensor.untyped_storage()
+            sizes[storage._cdata] = storage.nbytes()
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            sizes[id(tensor)] = _nbytes(tensor)
+    return sizes
 
 
 def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], activations: int,
                 optimizer: str | Callable | None) -> StepMemory:
-    """The memory of a training step with ``optimizer``: see :class:`StepMemory`."""
+    """The memory of a training step with ``optimizer``: see :class:`StepMemory`. The parameters
+    and buffers are the storages they use, each once (two Parameters viewing one storage, a
+    buffer viewing a parameter's); the gradients and the optimizer's state are per trainable
+    Parameter, as torch allocates them: each Parameter gets a ``.grad`` and a state of its own,
+    even when it shares its storage with another."""
     trainable = [p for p in params if p.requires_grad]
     if optimizer is None:
         state = 0
@@ -161,37 +204,39 @@ def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor],
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}, or a callable "
                          "giving the bytes of state it keeps for a parameter")
+    parameters = _storages(params)
+    buffers_only = {key: size for key, size in _storages(buffers).items() if key not in parameters}
     return StepMemory(
-        parameters=sum(_nbytes(p) for p in params),
-        buffers=sum(_nbytes(b) for b in buffers),
+        parameters=sum(parameters.values()),
+        buffers=sum(buffers_only.values()),
         gradients=sum(_nbytes(p) for p in trainable),
         optimizer_state=state,
         activations=activations,
     )
 
 
-def _leaves(value: Any) -> Any:
-    """``value`` with every tensor that requires grad replaced by a leaf of its own, through
-    tuples, named tuples, lists, mappings (a ``UserDict`` such as Hugging Face's
-    ``BatchEncoding`` too) and dataclasses: the backward stops at the model's inputs (it costs their
-    gradients, not the graph that made them) and leaves the caller's ``.grad`` alone."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().requires_grad_() if value.requires_grad else value
-    if isinstance(value, tuple):
-        items = [_leaves(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    if isinstance(value, list):
-        return [_leaves(v) for v in value]
-    if isinstance(value, Mapping):
-        items = {k: _leaves(v) for k, v in value.items()}
-        try:
-            return type(value)(items)
-        except TypeError:
-            return items
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _leaves(getattr(value, f.name))
-                                             for f in dataclasses.fields(value) if f.init})
-    return value
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``value``, through tuples (named ones too), lists, mappings (``defaultdict``,
+    ``UserDict`` such as Hugging Face's ``BatchEncoding``, ``ModelOutput``) and dataclasses, at any
+    depth and of any subclass; a container met twice is searched once."""
+    seen: set[int] = set()
+    todo = [value]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, torch.Tensor):
+            yield value
+            continue
+        if isinstance(value, (tuple, list, Mapping)) or dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, Mapping):
+                items = list(value.values())
+            elif isinstance(value, (tuple, list)):
+                items = list(value)
+            else:
+                items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+            todo.extend(reversed(items))  # in the order they are held
 
 
 def profile_training(
@@ -236,18 +281,29 @@ def profile_training(
     args = forward_arguments(model, inputs, input_size, input_dtype, kwargs)
     forward_kwargs = dict(kwargs or {})
     _check_devices(model, args, forward_kwargs)
-    args, forward_kwargs = _leaves(args), _leaves(forward_kwargs)
     resolver = REGISTRY.resolver(_custom_rules(custom_ops))
 
-    step = capture_step(model, lambda: model(*args, **forward_kwargs), loss or default_loss, resolver)
+    # The inputs go to the forward untouched, and the backward stops at the ones that require grad:
+    # it costs their gradients, not the graph that made them. Their edges are taken now, before an
+    # in-place operation in the forward moves them.
+    wanting = list({id(t): t for t in tensors_in((args, forward_kwargs)) if t.requires_grad}.values())
+    stops = [torch.autograd.graph.get_gradient_edge(t) for t in wanting if t.grad_fn is not None]
+    grads = [(t, t.grad) for t in wanting if t.is_leaf or t.retains_grad]
+    try:
+        for tensor, _ in grads:  # written, not added to, as the parameters' are
+            tensor.grad = None
+        step = capture_step(model, lambda: model(*args, **forward_kwargs), loss or default_loss, resolver, stops)
+    finally:
+        for tensor, grad in grads:  # the caller's, as they were
+            tensor.grad = grad
     uncounted = uncounted_summary(step.forward.records) + tuple(
         Uncounted(f"backward {u.kind}", u.name, u.calls, u.layers) for u in uncounted_summary(step.backward))
     check_counted(step.forward, uncounted, strict, training=True)
     if step.outside:
         warnings.warn(f"the backward went past the model's inputs into the graph that made them ({step.outside} "
                       "operators, not counted, and the .grad of tensors outside the model set): an input that "
-                      "requires grad sits in an object profile_training cannot rewrite; pass it detached",
-                      UncountedWarning, stacklevel=2)
+                      "requires grad sits where profile_training does not look (it searches tuples, lists, "
+                      "mappings and dataclasses); pass it in one of those, or detached", UncountedWarning, stacklevel=2)
     warn_uncounted(uncounted)
     memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
