@@ -6,6 +6,11 @@ grad enabled. While it runs, a ``saved_tensors_hooks`` pack hook sees every tens
 for the backward: its storage, counted once, is an activation of the innermost running layer
 (the model's parameters and buffers are not: they are in memory anyway), if it is still held
 when the forward and the loss are done (a branch the forward discards frees what it saved).
+``torch.utils.checkpoint`` keeps the arguments of the function it will recompute past that hook:
+the keyword ones and tensors inside containers (non-reentrant: in its recompute closure and its
+frame; reentrant: in its autograd node's context), and a ``functools.partial``'s bound ones (Hugging
+Face checkpoints ``partial(forward, layer, **kwargs)``). Those are activations of the layer that
+called ``checkpoint``, each storage once, while the checkpoint that keeps them is still held.
 
 The backward runs in autograd's engine, where no module hook fires. Every autograd node gets a
 sequence number when the forward creates it, in increasing order, so the module hooks note the
@@ -20,17 +25,21 @@ forward, into the backward's records.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import weakref
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.checkpoint import CheckpointFunction
 
 from hooks.aten import AtenCounter, aten_rule, op_name
 from hooks.capture import (
@@ -68,6 +77,12 @@ class StepCapture:
     outside: int = 0
     """Backward operators of the graph that made an input (not counted): the backward went past
     the model's inputs, which ``profile_training`` makes leaves only where it can reach them."""
+    rolled_back: tuple[str, ...] = ()
+    """Other threads' work the restore undid, one line each: ``"buffer 'bn.running_mean'"`` for
+    a buffer of a layer another thread ran while the step held the model (its updates went to the
+    step's working copy, which is dropped), ``"gradient of 'fc.weight'"`` for a parameter whose
+    ``.grad`` another thread's backward accumulated into meanwhile (the ``.grad`` is put back as
+    before the step)."""
 
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int]:
@@ -88,6 +103,69 @@ def _weak(tensor: torch.Tensor) -> StorageWeakRef | None:
         return StorageWeakRef(tensor.untyped_storage())
     except (RuntimeError, NotImplementedError, TypeError):
         return None
+
+
+_top_saved_tensors_hooks: Callable[[bool], tuple | None] = torch._C._autograd._top_saved_tensors_default_hooks
+
+
+def _checkpoint_frame(pack: Callable) -> Any:
+    """The ``_CheckpointFrame`` of a non-reentrant ``torch.utils.checkpoint`` region whose pack
+    hook is ``pack``, or None for any other hook (checked on torch 2.14: the hook is marked
+    ``_checkpoint_internal`` and closes over ``frame``)."""
+    if not getattr(pack, "_checkpoint_internal", False):
+        return None
+    try:
+        return pack.__closure__[pack.__code__.co_freevars.index("frame")].cell_contents
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _checkpoint_arguments(frame: Any) -> tuple:
+    """What a non-reentrant checkpoint keeps for its recomputation outside the saved-tensor hook:
+    the positional arguments that are not tensors (a tensor went through the hook), the keyword
+    arguments and the function, which its ``recompute_fn`` closes over (torch 2.14)."""
+    positional = [a for a in getattr(frame, "saved_args", ()) if not isinstance(a, torch._C._autograd.SavedTensor)]
+    recompute = getattr(frame, "recompute_fn", None)
+    names = getattr(getattr(recompute, "__code__", None), "co_freevars", ())
+    cells = getattr(recompute, "__closure__", None) or ()
+    closed = [cell.cell_contents for name, cell in zip(names, cells) if name in ("kwargs", "fn")]
+    return positional, closed
+
+
+def _graph(node: Any) -> Iterator[Any]:
+    """Every autograd node reachable from ``node``, each once."""
+    seen: set[int] = set()
+    todo = [node]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        todo.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``value``, through tuples, lists, sets, mappings, dataclasses and
+    ``functools.partial``; not into modules, whose parameters and buffers are not activations."""
+    seen: set[int] = set()
+    todo = [value]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, torch.Tensor):
+            yield value
+            continue
+        if value is None or id(value) in seen or isinstance(value, (str, bytes, nn.Module)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, Mapping):
+            todo.extend(value.values())
+        elif isinstance(value, (tuple, list, set, frozenset)):
+            todo.extend(value)
+        elif isinstance(value, partial):
+            todo.extend((value.func, *value.args, *value.keywords.values()))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            todo.extend(getattr(value, field.name, None) for field in dataclasses.fields(value))
 
 
 class _StepRecorder(_Recorder):
@@ -117,6 +195,11 @@ class _StepRecorder(_Recorder):
         self.in_backward = False
         self.backward_counter = AtenCounter(self._count_backward)
         self.last_layer = self.root  # the layer whose backward ran last, for errors
+        self.pack_hook = self.pack  # the object pushed, to tell it from hooks pushed above it
+        self.hooks_seen: dict[int, weakref.ref] = {}  # pack hooks pushed above ours, looked at once
+        # non-reentrant checkpoints the forward ran: (weak reference to the frame, the calling layer);
+        # weak, as what a checkpoint keeps is an activation only while its graph holds it
+        self.checkpoints: list[tuple[weakref.ref, str]] = []
 
     def _mark(self) -> None:
         if threading.get_ident() != self.thread:
@@ -127,6 +210,8 @@ class _StepRecorder(_Recorder):
             self.owners.append(top)
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        if not self.in_backward and threading.get_ident() == self.thread:
+            self._note_checkpoint()  # before the frame goes on: the caller is the layer running checkpoint
         super().pre_hook(module, args)
         self._mark()
 
@@ -143,7 +228,29 @@ class _StepRecorder(_Recorder):
             if layer != self.owners[-1]:
                 self.seqs.append(_next_sequence_nr())
                 self.owners.append(layer)
+        elif not self.in_backward:
+            self._note_checkpoint()
         return super().__torch_function__(func, types, args, kwargs)
+
+    def _note_checkpoint(self) -> None:
+        """A checkpointed region runs when a pack hook sits above ours: a non-reentrant
+        checkpoint's, whose frame keeps the arguments of the function it will recompute. Noted once
+        per region, with the running layer (the first module call or torch call of the region is
+        made by the layer that called ``checkpoint``)."""
+        top = _top_saved_tensors_hooks(False)
+        if top is None or top[0] is self.pack_hook:
+            return
+        pack = top[0]
+        seen = self.hooks_seen.get(id(pack))
+        if seen is not None and seen() is pack:
+            return
+        try:
+            self.hooks_seen[id(pack)] = weakref.ref(pack)
+        except TypeError:  # a callable that takes no weak reference: a user's hook, held for the call
+            self.hooks_seen[id(pack)] = lambda: pack
+        frame = _checkpoint_frame(pack)
+        if frame is not None:
+            self.checkpoints.append((weakref.ref(frame), self.stack[-1][0] if self.stack else self.root))
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor autograd saves for the backward: an activation of the innermost layer, once per storage."""
@@ -174,15 +281,44 @@ class _StepRecorder(_Recorder):
             self.stack.pop()
             self._mark()
 
-    def start_backward(self) -> None:
+    def start_backward(self, loss: torch.Tensor) -> None:
         """The forward and the loss are done: what they saved and still hold is the activations
-        (tensors saved by work the forward discarded went with its graph)."""
+        (tensors saved by work the forward discarded went with its graph), with what checkpoints
+        still held keep for their recomputation."""
         self.forward_records, self.records = self.records, []
         self.in_backward = True
         self.shapes = False
+        for layer, kept in self._checkpointed(loss):
+            for tensor in _tensors_in(kept):
+                key, nbytes = _storage(tensor)
+                entry = self.saved.get(key)
+                if key not in self.excluded and (entry is None or (entry[2] is not None and entry[2].expired())):
+                    self.saved[key] = (layer, nbytes, _weak(tensor))
         for name, nbytes, ref in self.saved.values():
             if ref is None or not ref.expired():
                 self.activations[name] = self.activations.get(name, 0) + nbytes
+
+    def _checkpointed(self, loss: torch.Tensor) -> Iterator[tuple[str, Any]]:
+        """What each checkpoint still held keeps past the pack hook, with the layer that called it:
+        a non-reentrant one's frame while alive; a reentrant one's node in the loss's graph."""
+        for ref, layer in self.checkpoints:
+            frame = ref()
+            if frame is not None:
+                yield layer, _checkpoint_arguments(frame)
+        for node in _graph(loss.grad_fn):
+            if getattr(node, "_forward_cls", None) is CheckpointFunction:
+                # ctx.inputs: the positional arguments, None where a tensor went to save_for_backward
+                yield self._owner(node), (getattr(node, "inputs", None), getattr(node, "run_function", None))
+
+    def forget(self) -> None:
+        """Drop what the capture no longer needs and could keep alive: the frames (a layer's
+        arguments) and the exception where the forward raised, whose traceback holds the forward's
+        tensors. The graph's saved tensors hold the pack hook, and so this recorder, for as long as
+        the graph lives: through an exception kept by the caller, its frames would hold the graph."""
+        self.stack.clear()
+        self.failure = None
+        self.checkpoints.clear()
+        self.hooks_seen.clear()
 
     def _owner(self, node: Any) -> str:
         if node is None:
@@ -232,40 +368,127 @@ def _tensors(modules: list[nn.Module], kind: str) -> list[torch.Tensor]:
     return list({id(t): t for m in modules for t in getattr(m, kind).values() if t is not None}.values())
 
 
-@contextmanager
-def _step_undone(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterator[None]:
-    """The parameters' gradients, the buffers (BatchNorm's running statistics, an observer's
-    statistics even when the forward resized them) and the global random state as they were
-    before the body, also when it raises. Gradients start as None in the body, as after
-    ``optimizer.zero_grad()``: the backward writes them instead of adding. Hooks that run after a
-    parameter's gradient is accumulated (an optimizer stepping in the backward) are held back: a
-    profile must not update the weights."""
-    grads = [p.grad for p in params]
-    held_hooks = [(p, p._post_accumulate_grad_hooks) for p in params if getattr(p, "_post_accumulate_grad_hooks", None)]
-    buffers = [(module, name, buffer, buffer.detach().clone())
-               for module in modules for name, buffer in module._buffers.items() if buffer is not None]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        for p in params:
-            p.grad = None
-        for p, _ in held_hooks:
-            p._post_accumulate_grad_hooks = OrderedDict()  # consulted at each call: an empty one runs none
-        yield
-    finally:
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        for p, grad in zip(params, grads):
+def _running(mode: Any) -> bool:
+    """Whether ``mode`` is on this thread's dispatch stack (autograd's engine carries it to the
+    threads that run a backward): a hook runs in the step's own backward, not another thread's."""
+    return any(torch._C._get_dispatch_stack_at(i) is mode for i in range(torch._C._len_torch_dispatch_stack()))
+
+
+class _StepUndone:
+    """The parameters' gradients, the buffers and the global random state as they were before the
+    body, also when it raises, without writing into a tensor another thread may hold.
+
+    The body runs on working copies of the buffers put in the modules' place (BatchNorm's running
+    statistics, an observer's statistics even when the forward resizes them), and the original
+    objects go back after: nothing is written into them, so a graph another thread saved them in
+    stays valid. Gradients start as None, as after ``optimizer.zero_grad()``: the backward writes
+    them instead of adding; the caller's ``.grad`` objects go back after. Hooks that run after a
+    parameter's gradient is accumulated (an optimizer stepping in the backward) are held back in
+    the step's own backward: a profile must not update the weights; another thread's backward
+    meanwhile runs them. What the restore undid of another thread's work (the buffer updates of the
+    layers it ran, the gradients it accumulated meanwhile) is listed in ``rolled_back``."""
+
+    def __init__(self, planned: list, params: list[nn.Parameter], recorder: _StepRecorder) -> None:
+        self.params = params
+        self.recorder = recorder
+        self.rolled_back: list[str] = []
+        self.names: dict[int, str] = {}  # parameter id -> its qualified name
+        # (module, name, original, qualified name, the layer whose calls update it: its rule's owner)
+        self.buffers: list[tuple[nn.Module, str, torch.Tensor, str, str]] = []
+        ruler, seen = planned[0].name, set()
+        for p in planned:
+            if not p.covered:
+                ruler = p.name
+            if id(p.module) in seen:
+                continue
+            seen.add(id(p.module))
+            prefix = f"{p.name}." if p.name else ""
+            for name, parameter in p.module._parameters.items():
+                if parameter is not None:
+                    self.names.setdefault(id(parameter), prefix + name)
+            for name, buffer in p.module._buffers.items():
+                # a lazy module's uninitialized buffer is materialised in place, as its parameters are
+                if buffer is not None and not isinstance(buffer, nn.parameter.UninitializedTensorMixin):
+                    self.buffers.append((p.module, name, buffer, prefix + name, ruler))
+        self.others: set[str] = set()  # parameters another thread's backward accumulated into meanwhile
+
+    def __enter__(self) -> _StepUndone:
+        self.grads = [p.grad for p in self.params]
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        copies: dict[int, torch.Tensor] = {}
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self.held: list[tuple[nn.Parameter, Any]] = []
+        self.watched: list[tuple[nn.Parameter, Any, Any]] = []
+        try:
+            for module, name, original, _, _ in self.buffers:
+                copy = copies.get(id(original))
+                if copy is None:
+                    copy = copies[id(original)] = original.detach().clone()
+                    if original.requires_grad:
+                        copy.requires_grad_()
+                module._buffers[name] = copy
+                self.swapped.append((module, name, original))
+            self.recorder.excluded.update(_storage(copy)[0] for copy in copies.values())
+            for p in self.params:
+                p.grad = None
+                hooks = getattr(p, "_post_accumulate_grad_hooks", None)
+                if hooks:  # a new dict is consulted from then on; putting the old one back restores it
+                    p._post_accumulate_grad_hooks = OrderedDict(held=self._held_back(hooks))
+                    self.held.append((p, hooks))
+                if p.requires_grad and not isinstance(p, nn.parameter.UninitializedTensorMixin):
+                    self.watched.append((p, p._backward_hooks, p.register_hook(self._watch(self.names.get(id(p), "?")))))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _held_back(self, hooks: Mapping) -> Callable[[torch.Tensor], None]:
+        counter = self.recorder.backward_counter
+
+        def run(parameter: torch.Tensor) -> None:
+            if not _running(counter):
+                for hook in tuple(hooks.values()):
+                    hook(parameter)
+        return run
+
+    def _watch(self, name: str) -> Callable[[torch.Tensor], None]:
+        counter, others = self.recorder.backward_counter, self.others
+
+        def watch(grad: torch.Tensor) -> None:
+            if not _running(counter):
+                others.add(name)
+        return watch
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        ran = set(self.recorder.other_threads)
+        if ran:
+            self.rolled_back = [f"buffer {qualified!r}" for module, name, original, qualified, layer in self.buffers
+                                if layer in ran and _changed(module._buffers.get(name), original)]
+        self.rolled_back += [f"gradient of {name!r}" for name in sorted(self.others)]
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        for p, hooks, handle in self.watched:
+            handle.remove()
+            if hooks is None:
+                p._backward_hooks = None
+        for p, grad in zip(self.params, self.grads):
             p.grad = grad
-        for p, hooks in held_hooks:
+        for p, hooks in self.held:
             p._post_accumulate_grad_hooks = hooks
-        with torch.no_grad():
-            for module, name, buffer, saved in buffers:
-                module._buffers[name] = buffer
-                if buffer.shape != saved.shape:
-                    buffer.resize_(saved.shape)
-                buffer.copy_(saved)
+        for module, name, original in self.swapped:
+            module._buffers[name] = original
+
+
+def _changed(current: torch.Tensor | None, original: torch.Tensor) -> bool:
+    """Whether the working copy ``current`` of a buffer no longer equals ``original``."""
+    if current is None or current.shape != original.shape or current.dtype != original.dtype:
+        return True
+    try:
+        return not torch.equal(current, original)
+    except (RuntimeError, NotImplementedError):  # meta tensors have no values to compare
+        return True
 
 
 def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[Any], torch.Tensor],
@@ -290,20 +513,21 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
         modules = list({id(p.module): p.module for p in planned}.values())
         params, buffers = _tensors(modules, "_parameters"), _tensors(modules, "_buffers")
         recorder = _StepRecorder(resolver.function_rules, planned, [*params, *buffers])
+        undone = _StepUndone(planned, params, recorder)
         stage = "setup"  # attached() refuses a busy model before anything runs
         try:
             try:
                 with attached(model, recorder.pre_hook, recorder.post_hook, always_call=True, modules=modules,
-                              training=True), _step_undone(modules, params), recorder:
+                              training=True), undone, recorder:
                     stage = "forward"
-                    with torch.autograd.graph.saved_tensors_hooks(recorder.pack, _unpacked):
+                    with torch.autograd.graph.saved_tensors_hooks(recorder.pack_hook, _unpacked):
                         output = call()
                         stage = "loss"
                         with recorder.loss_in_model(model):
                             loss = loss_fn(output)
                         _check_loss(loss)
                     stage = "backward"
-                    recorder.start_backward()
+                    recorder.start_backward(loss)
                     torch._C._push_on_torch_dispatch_stack(recorder.backward_counter)
                     try:
                         _run_backward(loss, stop_at)
@@ -323,12 +547,14 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
             raise CaptureError(f"the backward raised {type(exc).__name__} after the backward of "
                                f"{_layer(recorder.last_layer)} ran (the last layer whose backward was counted): "
                                f"{exc}") from exc
+        finally:
+            recorder.forget()
         if recorder.rule_error is not None:
             raise recorder.rule_error
         forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
                           tuple(notes), recorder.ran_nothing)
         return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers),
-                           recorder.outside)
+                           recorder.outside, tuple(undone.rolled_back))
 
 
 def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge] = ()) -> None:

@@ -866,7 +866,8 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
     they see other modules' calls, and other threads', too and must ignore them. ``always_call``
     also runs ``post_hook`` when a module raises (see :meth:`_Recorder.post_hook`). ``modules`` are
     the model's modules if the caller has them at hand. On exit, also by an exception or
-    ``KeyboardInterrupt``, the hooks are removed and every module's own ``training`` flag restored.
+    ``KeyboardInterrupt``, the hooks are removed and every module's own ``training`` flag restored
+    (with ``training=True``, every parameter's ``requires_grad`` too, which ``train()`` may change).
     """
     if getattr(_active, "model", None) is not None:
         raise RuntimeError(
@@ -900,9 +901,10 @@ def attached(model: nn.Module, pre_hook: Callable | None = None, post_hook: Call
             _release(held)
 
 
-# module id -> [module, its own training flag, profiles holding it, held for training]. Two threads
-# may profile one model at once: the first saves the flags, the last restores them. A training
-# profile, which runs a backward and sets the model's gradients, holds a model alone.
+# module id -> [module, its own training flag, profiles holding it, held for training, the
+# requires_grad of its own parameters (training only)]. Two threads may profile one model at once:
+# the first saves the flags, the last restores them. A training profile, which runs a backward and
+# sets the model's gradients, holds a model alone.
 _held: dict[int, list] = {}
 _held_lock = threading.Lock()
 _BUSY = ("is being profiled in another thread{}; profile_training runs a backward that sets the model's "
@@ -918,7 +920,7 @@ def _hold_in_eval(modules: list[nn.Module]) -> None:
         for module in modules:
             entry = _held.get(id(module))
             if entry is None:
-                _held[id(module)] = [module, module.training, 1, False]
+                _held[id(module)] = [module, module.training, 1, False, None]
             else:
                 entry[2] += 1
             if module.training:
@@ -926,14 +928,16 @@ def _hold_in_eval(modules: list[nn.Module]) -> None:
 
 
 def _hold_for_training(model: nn.Module, modules: list[nn.Module]) -> None:
-    """Save each module's ``training`` flag and call ``model.train()``, which a model may override
-    (to keep a frozen backbone's BatchNorm in eval mode, say): what a training loop does. A model
-    that refuses ``train()`` (an exported one) gets the flags set directly."""
+    """Save each module's ``training`` flag and its parameters' ``requires_grad``, then call
+    ``model.train()``, which a model may override (to keep a frozen backbone's BatchNorm in eval
+    mode, or to unfreeze a backbone): what a training loop does. A model that refuses ``train()``
+    (an exported one) gets the flags set directly."""
     with _held_lock:
         if any(id(module) in _held for module in modules):
             raise RuntimeError("the model " + _BUSY.format(""))
         for module in modules:
-            _held[id(module)] = [module, module.training, 1, True]
+            grads = {name: p.requires_grad for name, p in module._parameters.items() if p is not None}
+            _held[id(module)] = [module, module.training, 1, True, grads]
     try:
         try:
             model.train()
@@ -946,7 +950,8 @@ def _hold_for_training(model: nn.Module, modules: list[nn.Module]) -> None:
 
 
 def _release(modules: list[nn.Module]) -> None:
-    """The last profile holding a module restores its own ``training`` flag."""
+    """The last profile holding a module restores its own ``training`` flag, and the
+    ``requires_grad`` of the parameters it held (``train()`` may have changed them)."""
     with _held_lock:
         for module in modules:
             entry = _held.get(id(module))
@@ -957,6 +962,10 @@ def _release(modules: list[nn.Module]) -> None:
                 del _held[id(module)]
                 if module.training != entry[1]:
                     module.training = entry[1]
+                for name, requires_grad in (entry[4] or {}).items():
+                    p = module._parameters.get(name)
+                    if p is not None and p.requires_grad != requires_grad:
+                        p.requires_grad_(requires_grad)
 
 
 def capture_forward(model: nn.Module, call: Callable[[], Any], resolver: Resolver, *, functions: bool = True) -> Capture:
