@@ -10,7 +10,7 @@ from profiler.compare import Comparison, compare_with_thop
 from profiler.generation import GenerationResult, GenerationRoofline, GenerationStep, profile_generation
 from profiler.result import ProfileResult, RooflineResult
 from profiler.roofline import DEVICES, Device
-from profiler.training import StepMemory, TrainingResult, profile_training
+from profiler.training import StepMemory, TrainingResult, TrainingRoofline, profile_training
 from profiler.tree import Layer
 from profiler.units import clever_format
 
@@ -33,6 +33,7 @@ __all__ = [
     "RooflineResult",
     "StepMemory",
     "TrainingResult",
+    "TrainingRoofline",
     "RuleError",
     "UncountedError",
     "UncountedWarning",

@@ -269,6 +269,33 @@ def test_train_json_is_the_training_profile(in_workdir, capsys, models):
     assert json.loads(out)["memory"] == expected.memory.to_dict()
 
 
+TRAIN_ROOFLINE_JSON = flag_run(*NET, "--train", "--optimizer", "adam", "--roofline", "H100-SXM5", "--format", "json")
+TRAIN_ROOFLINE_TEXT = flag_run(*NET, "--train", "--optimizer", "adam", "--roofline", "H100-SXM5", "--units", "exact")
+
+
+def test_train_with_roofline_json_keeps_the_training_figures(in_workdir, capsys, models):
+    from profiler import profile_training
+
+    data = json.loads(cli_ok(TRAIN_ROOFLINE_JSON, capsys))
+    expected = profile_training(models["Net"](), input_size=(3, 4), optimizer="adam")
+    estimate = expected.roofline("H100-SXM5")
+    assert data["memory"] == expected.memory.to_dict()
+    assert data["totals"] == estimate.to_dict()["totals"]
+    assert data["totals"]["backward_flops"] == expected.backward_flops
+    assert data["roofline"]["device"] == "H100-SXM5"
+
+
+def test_train_with_roofline_text_has_the_estimates_and_the_training_summary(in_workdir, capsys, models):
+    from profiler import profile_training
+    from profiler.training import training_summary
+
+    out = cli_ok(TRAIN_ROOFLINE_TEXT, capsys)
+    expected = profile_training(models["Net"](), input_size=(3, 4), optimizer="adam")
+    estimate = expected.roofline("H100-SXM5")
+    assert out.strip() == estimate.table(units="exact") + "\n\n" + training_summary(expected, "exact")
+    assert "Bwd FLOPs" in out.splitlines()[0] and "Est. time" in out.splitlines()[0]
+
+
 def test_default_text_table(in_workdir, capsys, models):
     out = cli_ok(TEXT_DEFAULT, capsys)
     expected = profile(models["Net"](), input_size=(3, 4))

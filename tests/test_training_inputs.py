@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_unchanged, snapshot
 from hooks.backward import LossError
-from profiler import RooflineResult, TrainingResult, profile_training
+from profiler import RooflineResult, TrainingResult, TrainingRoofline, profile_training
 from profiler.training import default_loss, training_summary
 
 
@@ -341,6 +341,7 @@ class TestTrainingRoofline:
     @pytest.mark.parametrize("device, dtype", [("H100-SXM5", None), ("A100-SXM4-80GB", "tf32")])
     def test_keeps_every_training_figure(self, step, device, dtype):
         estimate = step.roofline(device, dtype)
+        assert isinstance(estimate, TrainingRoofline)
         assert isinstance(estimate, TrainingResult) and isinstance(estimate, RooflineResult)
         for figure in FIGURES:
             assert getattr(estimate, figure) == getattr(step, figure), figure
