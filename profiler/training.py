@@ -299,6 +299,12 @@ def profile_training(
     uncounted = uncounted_summary(step.forward.records) + tuple(
         Uncounted(f"backward {u.kind}", u.name, u.calls, u.layers) for u in uncounted_summary(step.backward))
     check_counted(step.forward, uncounted, strict, training=True)
+    if step.rolled_back or step.forward.other_threads:
+        undone = (f"restoring the model as it was before the profile rolled back that thread's work on "
+                  f"{', '.join(step.rolled_back)}" if step.rolled_back
+                  else "restoring the model rolled back none of that thread's buffer updates or gradients")
+        warnings.warn(f"another thread used the model while profile_training held it; {undone}; profile when no "
+                      "other thread trains the model", UncountedWarning, stacklevel=2)
     if step.outside:
         warnings.warn(f"the backward went past the model's inputs into the graph that made them ({step.outside} "
                       "operators, not counted, and the .grad of tensors outside the model set): an input that "
