@@ -3,14 +3,21 @@ then one decode step per generated token, each step counted on its own and by la
 
 Greedy generation as Hugging Face's ``generate(do_sample=False, max_new_tokens=N)`` runs it: one
 forward of the whole prompt (the prefill) gives the first new token, then ``N - 1`` forwards of
-one token each (the decode steps), each reading the KV cache the earlier ones filled. The cache
-is taken as preallocated, as a serving engine keeps it: a step writes its new keys and values
-and its attention reads the whole cache. ``DynamicCache`` concatenates instead, copying the
-whole cache at every step; that copy is not counted, the write of the new entries is.
+one token each (the decode steps), each reading the cache the earlier ones filled. Each forward
+is given what ``generate`` gives it: a Hugging Face model builds its inputs with its own
+``prepare_inputs_for_generation`` (so each family's handling of the mask, such as Mamba's
+dropping it after the prefill, is its own), positions count the attention mask's ones, an
+all-ones mask is dropped, and ``logits_to_keep=1`` where the forward takes it, so the prefill
+computes the logits of the last position only. Encoder-decoder models are refused.
+
+The KV cache is taken as preallocated, as a serving engine keeps it: a step writes its new keys
+and values and its attention reads the whole cache. ``DynamicCache`` concatenates instead,
+copying the whole cache at every step; that copy is not counted, the write of the new entries is.
 """
 
 from __future__ import annotations
 
+import html
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -18,18 +25,18 @@ from typing import Any, NamedTuple
 import torch
 from tabulate import tabulate
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from hooks import REGISTRY, capture_forward
+from hooks import REGISTRY, Resolver, capture_forward
 from hooks.capture import Capture, record_traffic
-from hooks.traffic import tensor_bytes
+from hooks.traffic import tensor_bytes, traffic
 from profiler.api import _check_devices, check_counted, compute_dtype, warn_uncounted
 from profiler.result import ProfileResult, RooflineResult
 from profiler.roofline import Device
 from profiler.tree import uncounted_summary
 from profiler.units import format_bytes, format_count, format_seconds
 
-__all__ = ["GenerationResult", "GenerationRoofline", "GenerationStep", "profile_generation"]
+__all__ = ["GenerationResult", "GenerationRoofline", "GenerationStep", "cache_bytes", "cache_tensors",
+           "profile_generation"]
 
 _PER_STEP = frozenset({"input_ids", "cache", "past_key_values", "use_cache", "position_ids", "cache_position",
                        "inputs_embeds", "token_type_ids", "logits_to_keep"})
@@ -37,6 +44,9 @@ _PER_STEP = frozenset({"input_ids", "cache", "past_key_values", "use_cache", "po
 
 MAX_PHASE_ROWS = 12
 """Decode steps beyond this many are shown in groups of equal size (every step is in ``steps``)."""
+
+_CACHE_DEPTH = 8
+"""How deep :func:`cache_tensors` looks through a cache's attributes and containers."""
 
 
 class GenerationStep(NamedTuple):
@@ -53,19 +63,34 @@ class GenerationStep(NamedTuple):
     bytes_read: int
     bytes_written: int
     kv_cache_bytes: int
-    """Bytes the KV cache holds after this forward."""
+    """Bytes the cache holds after this forward: every tensor in it (keys and values, a
+    state-space model's convolution and SSM states), each once."""
 
     @property
     def bytes(self) -> int:
         return self.bytes_read + self.bytes_written
 
 
+def _parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _refuse_encoder_decoder(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False) is True or "decoder_input_ids" in _parameters(model):
+        raise TypeError(
+            f"profile_generation does not support encoder-decoder models yet, and {type(model).__name__} is one: "
+            "generate runs its encoder once and then decodes with cross-attention, which profile_generation does "
+            "not drive. Profile a decoder-only (causal) language model, or the encoder and one decoder forward "
+            "with profile()")
+
+
 def _cache_argument(model: nn.Module) -> str:
     """The name ``forward`` takes the KV cache by: ``cache`` (transformers 5), ``past_key_values``."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        parameters = {}
+    parameters = _parameters(model)
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
@@ -74,8 +99,19 @@ def _cache_argument(model: nn.Module) -> str:
         f"Face's generate contract); {type(model).__name__}.forward takes ({', '.join(parameters)})")
 
 
+def _generation_mixin(model: nn.Module) -> bool:
+    """Whether ``model`` generates with Hugging Face's ``generate`` (and so has its
+    ``prepare_inputs_for_generation``)."""
+    try:
+        from transformers import GenerationMixin
+    except ImportError:
+        return False
+    return isinstance(model, GenerationMixin)
+
+
 def _new_cache(model: nn.Module) -> Any:
-    """An empty ``DynamicCache`` for a Hugging Face model, else None (the model makes its own)."""
+    """The cache ``generate`` starts from: an empty ``DynamicCache`` for a Hugging Face model that
+    takes one, else None (the model makes its own and hands it back)."""
     config = getattr(model, "config", None)
     try:
         from transformers import DynamicCache, PretrainedConfig
@@ -83,8 +119,11 @@ def _new_cache(model: nn.Module) -> Any:
         return None
     if not isinstance(config, PretrainedConfig):
         return None
+    supports = getattr(model, "_supports_default_dynamic_cache", None)  # generate's own test (RWKV, XLNet: no)
+    if callable(supports) and not supports():
+        return None
     try:
-        return DynamicCache(config=config)
+        return DynamicCache(config=config.get_text_config(decoder=True))
     except TypeError:  # transformers 4: the layers are made as they fill
         return DynamicCache()
 
@@ -105,22 +144,48 @@ def _counted_update(cache: Any) -> None:
 
 
 def cache_tensors(cache: Any) -> list[torch.Tensor]:
-    """The key and value tensors a KV cache holds: a ``DynamicCache`` (transformers 4 or 5) or
-    the legacy tuples of ``(key, value)`` per layer."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
-                if isinstance(t, torch.Tensor)]
-    if hasattr(cache, "key_cache"):
-        return [t for t in (*cache.key_cache, *cache.value_cache) if isinstance(t, torch.Tensor)]
-    return [t for t in tree_leaves(cache) if isinstance(t, torch.Tensor)]
+    """Every tensor a cache holds, found through its attributes, dicts, lists and tuples: a
+    ``DynamicCache``'s keys and values (full, sliding-window or hybrid layers), a state-space
+    layer's convolution and SSM states, a model's own tuples. A 0-dim tensor (a layer's token
+    counter) is bookkeeping, not state that grows with the batch or the context: left out."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def walk(value: Any, depth: int) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.dim():
+                found.append(value)
+            return
+        if depth > _CACHE_DEPTH or id(value) in seen or value is None \
+                or isinstance(value, (str, bytes, int, float, bool, type, nn.Module, torch.device, torch.dtype)) \
+                or inspect.isroutine(value) or inspect.ismodule(value):
+            return
+        seen.add(id(value))
+        if isinstance(value, Mapping):
+            items = list(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+        else:
+            items = list(getattr(value, "__dict__", {}).values())
+        for item in items:
+            walk(item, depth + 1)
+
+    walk(cache, 0)
+    return found
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of the tensors a cache holds (:func:`cache_tensors`), each memory once (a tensor
+    held twice, or two views from one address, count once, at the larger)."""
+    return traffic(cache_tensors(cache), {})
 
 
 def _output_parts(out: Any, cache_argument: str) -> tuple[torch.Tensor, Any]:
     """``(logits, cache)`` of a forward's output: a ``ModelOutput``, a dict or a tuple."""
     if isinstance(out, Mapping):
         logits = out.get("logits")
-        cache = out.get(cache_argument)
+        cache = next((out.get(k) for k in (cache_argument, "cache", "past_key_values") if out.get(k) is not None),
+                     None)
     elif isinstance(out, (tuple, list)) and len(out) >= 2:
         logits, cache = out[0], out[1]
     else:
@@ -131,6 +196,59 @@ def _output_parts(out: Any, cache_argument: str) -> tuple[torch.Tensor, Any]:
     return logits, cache
 
 
+def _positions(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``generate``'s position ids for the prompt: the count of the mask's ones before each token
+    (0 on padding), else 0, 1, 2, ..."""
+    if mask is None:
+        return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def _step_inputs(model: nn.Module, generation: bool, ids: torch.Tensor, state: dict[str, Any],
+                 first: bool) -> dict[str, Any]:
+    """One forward's keyword arguments: a Hugging Face model's own ``prepare_inputs_for_generation``
+    (as ``generate`` calls it), else the new tokens, their positions and ``state`` as it is."""
+    if generation:
+        return model.prepare_inputs_for_generation(ids, next_sequence_length=None if first else 1,
+                                                   is_first_iteration=first, **state)
+    tokens = ids if first else ids[:, -1:]
+    inputs = {**state, "input_ids": tokens}
+    if "position_ids" in state:
+        inputs["position_ids"] = state["position_ids"][..., -tokens.shape[1]:]
+    return inputs
+
+
+def _roll_back(cache: Any, length: int) -> None:
+    """Crop each cache layer back to ``length`` tokens: what the failed first run of a retried
+    forward wrote (the capture runs a forward again when the first run loaded Dynamo)."""
+    with torch._C.DisableTorchFunction():
+        for layer in getattr(cache, "layers", ()):
+            extra = int(layer.get_seq_length()) - length
+            if extra > 0:
+                try:
+                    layer.crop(-extra)
+                except (RuntimeError, ValueError) as exc:
+                    raise RuntimeError(
+                        f"a forward ran twice (its first run loaded Dynamo) and the cache's {type(layer).__name__} "
+                        "cannot drop what the first run wrote; run profile_generation again (Dynamo is loaded now)"
+                    ) from exc
+
+
+def _run(model: nn.Module, inputs: dict[str, Any], resolver: Resolver, cache: Any, length: int) -> tuple[Capture, Any]:
+    """One captured forward and its output; a run the capture repeats starts from ``cache`` cropped
+    back to ``length`` tokens."""
+    outputs: list[Any] = []
+
+    def forward() -> None:
+        if outputs:  # the marker of a first run, which raised
+            _roll_back(cache, length)
+        outputs.append(None)
+        outputs[-1] = model(**inputs)
+
+    capture = capture_forward(model, forward, resolver)
+    return capture, outputs[-1]
+
+
 def _step(number: int, tokens: int, context: int, capture: Capture, cache: Any) -> GenerationStep:
     macs = flops = matmul = read = written = 0
     for r in capture.records:
@@ -139,8 +257,7 @@ def _step(number: int, tokens: int, context: int, capture: Capture, cache: Any) 
         matmul += r.matmul_flops
         read += r.bytes_read
         written += r.bytes_written
-    kv = sum(tensor_bytes(t) for t in cache_tensors(cache))
-    return GenerationStep(number, tokens, context, macs, flops, matmul, read, written, kv)
+    return GenerationStep(number, tokens, context, macs, flops, matmul, read, written, cache_bytes(cache))
 
 
 def profile_generation(
@@ -150,17 +267,22 @@ def profile_generation(
     max_new_tokens: int,
     kwargs: Mapping[str, Any] | None = None,
     strict: bool = False,
+    full_logits: bool = False,
 ) -> GenerationResult:
     """Profile greedy generation of ``max_new_tokens`` tokens after the prompt ``input_ids``
     (``[batch, tokens]``, or ``[tokens]``): the prefill, then ``max_new_tokens - 1`` decode steps
     with a KV cache, each counted on its own.
 
     ``model`` is a causal language model that takes its cache by keyword (``past_key_values``, or
-    ``cache`` in transformers 5) and returns logits; ``kwargs`` go to every forward (an
-    ``attention_mask`` grows by one column a step, as ``generate`` grows it). The tokens are the
-    ones ``generate(do_sample=False, max_new_tokens=N)`` picks, with no stopping at an end token.
-    The model runs in eval mode without grad and comes back as it was. ``strict=True`` raises
-    :class:`UncountedError` if anything ran without a rule.
+    ``cache`` in transformers 5) and returns logits and the cache; encoder-decoder models are
+    refused. ``kwargs`` go to every forward; an ``attention_mask`` (left padding) sets the
+    positions and grows by one column a step, as under ``generate``. Each forward gets what
+    ``generate(do_sample=False, max_new_tokens=N)`` gives it and the tokens are the ones it picks,
+    with no stopping at an end token. The prefill computes the logits of the last position only
+    where the forward takes ``logits_to_keep``, as ``generate`` does; ``full_logits=True`` computes
+    them at every prompt position, as a plain call of the model does. The model runs in eval mode
+    without grad and comes back as it was. ``strict=True`` raises :class:`UncountedError` if
+    anything ran without a rule.
     """
     if isinstance(model, type) or not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module instance, not {model!r}")
@@ -171,14 +293,18 @@ def profile_generation(
                          + (f" of shape {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else ""))
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    if not isinstance(full_logits, bool):
+        raise TypeError(f"full_logits must be True or False, not {full_logits!r}")
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
+    _refuse_encoder_decoder(model)
     cache_argument = _cache_argument(model)
     extra = dict(kwargs or {})
     taken = sorted(_PER_STEP & set(extra))
     if taken:
         raise ValueError(f"kwargs may not set {', '.join(taken)}: profile_generation sets the ids, the cache and "
-                         "use_cache each step, and the model derives positions from its cache")
+                         "use_cache each step, the positions from the attention mask and logits_to_keep as generate "
+                         "does (full_logits=True for the logits of every prompt position)")
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     needed = input_ids.shape[-1] + max_new_tokens - 1
@@ -190,42 +316,71 @@ def profile_generation(
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
         raise ValueError(f"attention_mask must be a tensor of the prompt's shape {list(input_ids.shape)}, not "
                          + (f"{list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__))
-    resolver = REGISTRY.resolver()
+
+    name = type(model).__name__
+    parameters = _parameters(model)
+    generation = _generation_mixin(model)
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step
     if own_cache:
         _counted_update(cache)
+    state: dict[str, Any] = {cache_argument: cache, "use_cache": True, **extra}
+    if "position_ids" in parameters:  # generate counts them from a mask, of ones where none is given
+        counted = mask if mask is not None or "attention_mask" not in parameters else torch.ones_like(input_ids)
+        state["position_ids"] = _positions(input_ids, counted)
+    if generation and "attention_mask" in parameters and (
+            mask is None or (mask.device.type != "meta" and bool((mask == 1).all()))):
+        mask = None  # generate drops a mask of ones once the positions are known: nothing is padded
+    if mask is not None:
+        state["attention_mask"] = mask
+    if "logits_to_keep" in parameters and not full_logits:
+        state["logits_to_keep"] = 1
+        note = "The prefill computes the logits of the last prompt position only, as generate does (logits_to_keep=1)."
+    elif full_logits:
+        note = ("The prefill computes the logits of every prompt position (full_logits=True); generate computes "
+                "the last one's only.")
+    else:
+        note = f"The prefill computes the logits of every prompt position: {name}.forward takes no logits_to_keep."
 
+    resolver = REGISTRY.resolver()
     captures: list[Capture] = []
     steps: list[GenerationStep] = []
-    new_tokens: list[torch.Tensor] = []
     ids = input_ids
     batch, context = input_ids.shape
     for number in range(max_new_tokens):
-        arguments = {"input_ids": ids, cache_argument: cache, "use_cache": True, **extra}
-        if mask is not None:
-            arguments["attention_mask"] = mask
-        outputs: list[Any] = []
-        capture = capture_forward(model, lambda: outputs.append(model(**arguments)), resolver)
-        logits, returned = _output_parts(outputs[0], cache_argument)
-        if not own_cache:
-            cache = returned
-        elif hasattr(cache, "get_seq_length") and cache.get_seq_length() > context:
-            cache.crop(context - cache.get_seq_length())  # a forward the capture ran twice (Dynamo loading) added twice
+        inputs = _step_inputs(model, generation, ids, state, number == 0)
+        fed = inputs["input_ids"].shape[1]
+        before = context - fed
+        capture, output = _run(model, inputs, resolver, state[cache_argument] if own_cache else None, before)
+        logits, returned = _output_parts(output, cache_argument)
+        if returned is not None:
+            state[cache_argument] = returned
+        if number == 0 and not cache_tensors(state[cache_argument]):
+            raise TypeError(
+                f"{name}.forward takes {cache_argument} but the prefill left no cache to continue from (it returned "
+                f"none{', and the cache it was given stayed empty' if own_cache else ''}): each decode step would see "
+                f"only its new token. profile_generation needs a forward that returns its cache (as .{cache_argument} "
+                "or the second output) when use_cache=True")
         captures.append(capture)
-        steps.append(_step(number, ids.shape[1], context, capture, cache))
-        ids = logits[:, -1, :].argmax(-1, keepdim=True).to(input_ids.dtype)
-        new_tokens.append(ids)
+        steps.append(_step(number, fed, context, capture, state[cache_argument]))
+        new = logits[:, -1, :].argmax(-1, keepdim=True).to(input_ids.dtype)
+        ids = torch.cat([ids, new], dim=1)
         context += 1
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
+        if "attention_mask" in state:
+            grown = state["attention_mask"]
+            state["attention_mask"] = torch.cat([grown, grown.new_ones((batch, 1))], dim=-1)
+        if "position_ids" in state:
+            positions = state["position_ids"]
+            state["position_ids"] = torch.cat([positions, positions[..., -1:] + 1], dim=-1)
+        del output, logits, returned
 
     uncounted = uncounted_summary([r for c in captures for r in c.records])
     for capture in captures:
         check_counted(capture, uncounted, strict)
     warn_uncounted(uncounted)
     dtype = compute_dtype(model, (), extra)
-    return GenerationResult(captures, steps, torch.cat(new_tokens, dim=1), dtype)
+    return GenerationResult(captures, steps, ids[:, input_ids.shape[1]:], dtype,
+                            prefill_logits="last" if "logits_to_keep" in state else "all", note=note)
 
 
 class GenerationResult:
@@ -240,9 +395,17 @@ class GenerationResult:
     tokens: torch.Tensor
     """The new tokens, ``[batch, max_new_tokens]``."""
 
+    prefill_logits: str
+    """Where the prefill computed logits: ``"last"`` (the last prompt position, as ``generate``) or
+    ``"all"`` (every prompt position: ``full_logits=True``, or a forward without ``logits_to_keep``)."""
+    note: str
+    """The sentence under the phase table that says so."""
+
     def __init__(self, captures: Sequence[Capture], phases: Sequence[GenerationStep], tokens: torch.Tensor,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, *, prefill_logits: str = "all", note: str = "") -> None:
         modules = captures[0].modules
+        self.prefill_logits = prefill_logits
+        self.note = note
         self._modules = modules
         self._captures = tuple(captures)
         self.dtype = dtype
@@ -295,7 +458,8 @@ class GenerationResult:
 
     @property
     def kv_cache_bytes(self) -> int:
-        """Bytes the KV cache holds at the end: ``2 · layers · batch · context · kv heads · head dim · bytes``."""
+        """Bytes the cache holds at the end: for keys and values, ``2 · layers · batch · context · kv heads ·
+        head dim · bytes``; a state-space model's states do not grow with the context."""
         return self.phases[-1].kv_cache_bytes
 
     def roofline(self, device: str | Device, dtype: str | torch.dtype | None = None) -> GenerationRoofline:
@@ -315,7 +479,7 @@ class GenerationResult:
     def html(self) -> str:
         """The phase table and the decode steps' layer table as HTML."""
         return (tabulate(_phase_body(self, None, "human"), _phase_headers(None), tablefmt="html")
-                + (self.decode or self.prefill).html())
+                + _note_html(self) + (self.decode or self.prefill).html())
 
     def _repr_html_(self) -> str:
         return self.html()
@@ -327,7 +491,7 @@ class GenerationResult:
                 "macs": self.total_macs, "flops": self.total_flops, "matmul_flops": self.matmul_flops,
                 "bytes": self.total_bytes, "params": self.total_params, "flops_per_token": self.flops_per_token,
                 "kv_cache_bytes": self.kv_cache_bytes, "batch_size": self.batch_size,
-                "new_tokens": self.tokens.shape[1],
+                "new_tokens": self.tokens.shape[1], "prefill_logits": self.prefill_logits,
             },
             "phases": [{**p._asdict(), "phase": "prefill" if p.step == 0 else "decode"} for p in self.phases],
             "prefill": self.prefill.to_dict(),
@@ -384,7 +548,7 @@ class GenerationRoofline:
     def html(self) -> str:
         """The phase table and the decode steps' layer table, with estimated times, as HTML."""
         return (tabulate(_phase_body(self.result, self, "human"), _phase_headers(self), tablefmt="html")
-                + (self.decode or self.prefill).html())
+                + _note_html(self.result) + (self.decode or self.prefill).html())
 
     def _repr_html_(self) -> str:
         return self.html()
@@ -441,11 +605,17 @@ def _phase_body(result: GenerationResult, roofline: GenerationRoofline | None, u
     return body
 
 
+def _note_html(result: GenerationResult) -> str:
+    return f"<p>{html.escape(result.note)}</p>" if result.note else ""
+
+
 def _phase_table(result: GenerationResult, roofline: GenerationRoofline | None, units: str, tablefmt: str) -> str:
     headers = _phase_headers(roofline)
     text = tabulate(_phase_body(result, roofline, units), headers, tablefmt=tablefmt, disable_numparse=True,
                     colalign=("left",) + ("right",) * (len(headers) - 1))
     lines = [text, ""]
+    if result.note:
+        lines.append(result.note)
     if result.flops_per_token is not None:
         lines.append(f"Decode: {format_count(round(result.flops_per_token), units)} FLOPs per token per sequence; "
                      f"KV cache {format_bytes(result.kv_cache_bytes)} at the end (batch {result.batch_size}).")

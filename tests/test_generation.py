@@ -3,6 +3,7 @@ KV cache's closed form and Hugging Face's own greedy generate()."""
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 
@@ -52,35 +53,52 @@ def shape(model: nn.Module) -> tuple[int, int, int, int]:
     return cfg.num_hidden_layers, heads, getattr(cfg, "num_key_value_heads", None) or heads, cfg.hidden_size // heads
 
 
-def greedy_flop_counter(model: nn.Module, prompt: torch.Tensor, new: int) -> list[int]:
-    """FlopCounterMode's total around each forward of a plain greedy loop with a DynamicCache."""
-    cache = transformers.DynamicCache(config=model.config)
-    ids, totals = prompt, []
-    for _ in range(new):
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            ids = model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+def generate_per_forward(model: nn.Module, prompt: torch.Tensor, new: int, **kwargs) -> tuple[torch.Tensor, list[int]]:
+    """generate(do_sample=False)'s new tokens, and FlopCounterMode's total around each forward it runs."""
+    totals: list[int] = []
+    counters: list[FlopCounterMode] = []
+
+    def enter(module, args, kwargs_):
+        counters.append(FlopCounterMode(display=False))
+        counters[-1].__enter__()
+
+    def leave(module, args, output):
+        counter = counters.pop()
+        counter.__exit__(None, None, None)
         totals.append(counter.get_total_flops())
-    return totals
+
+    handles = [model.register_forward_pre_hook(enter, with_kwargs=True), model.register_forward_hook(leave)]
+    try:
+        out = model.generate(prompt, do_sample=False, max_new_tokens=new, eos_token_id=None, pad_token_id=0,
+                             **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out[:, prompt.shape[1]:], totals
 
 
 @pytest.mark.parametrize("make", MODELS)
-def test_the_prefill_counts_as_profile_of_the_prompt(make):
+def test_the_prefill_counts_as_profile_of_the_forward_generate_runs(make):
+    """The prefill is the prompt's forward with logits_to_keep=1, as generate runs it;
+    full_logits=True is the plain call, every prompt position's logits."""
     model = make()
-    result = generated(model)
-    alone = profile(model, kwargs={"input_ids": PROMPT})
-    assert (result.prefill.total_macs, result.prefill.total_flops, result.prefill.matmul_flops) == (
-        alone.total_macs, alone.total_flops, alone.matmul_flops)
-    assert [(l.name, l.total) for l in result.prefill.layers] == [(l.name, l.total) for l in alone.layers]
+    positions = {"position_ids": torch.arange(PROMPT.shape[1]).repeat(PROMPT.shape[0], 1)}  # from a mask of ones
+    for full, keep in ((False, {"logits_to_keep": 1}), (True, {})):
+        result = generated(model, full_logits=full)
+        alone = profile(model, kwargs={"input_ids": PROMPT, **positions, **keep})
+        assert (result.prefill.total_macs, result.prefill.total_flops, result.prefill.matmul_flops) == (
+            alone.total_macs, alone.total_flops, alone.matmul_flops)
+        assert [(l.name, l.total.flops) for l in result.prefill.layers] == [
+            (l.name, l.total.flops) for l in alone.layers]
 
 
 @pytest.mark.parametrize("make", MODELS)
 def test_every_step_matches_flop_counter_mode_and_generate(make):
     model = make()
     result = generated(model)
-    assert [p.matmul_flops for p in result.phases] == greedy_flop_counter(model, PROMPT, NEW)
-    expected = model.generate(PROMPT, do_sample=False, max_new_tokens=NEW, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(result.tokens, expected[:, PROMPT.shape[1]:])
+    tokens, flops = generate_per_forward(model, PROMPT, NEW)
+    assert [p.matmul_flops for p in result.phases] == flops
+    assert torch.equal(result.tokens, tokens)
     assert len(result.steps) == NEW - 1
     assert [s.context for s in result.phases] == list(range(PROMPT.shape[1], PROMPT.shape[1] + NEW))
 
@@ -208,6 +226,9 @@ def test_the_model_comes_back_as_it_was():
     (lambda m: profile_generation(nn.Linear(3, 3), PROMPT, max_new_tokens=2), "takes past_key_values"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"position_ids": PROMPT}),
      "may not set position_ids: profile_generation sets the ids, the cache and use_cache each step"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"logits_to_keep": 0}),
+     "may not set logits_to_keep: .*full_logits=True"),
+    (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, full_logits=1), "full_logits must be True or False"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=64, kwargs={}),
      "a prompt of 7 tokens and 64 new ones need 70 positions; LlamaForCausalLM's config has 64"),
     (lambda m: profile_generation(m, PROMPT, max_new_tokens=2, kwargs={"attention_mask": PROMPT[:, :3]}),
@@ -272,3 +293,256 @@ def test_a_7b_decode_step_on_meta_is_weights_and_cache_over_bandwidth():
     per_token = result.roofline("H100-SXM5").time_per_token
     assert abs(per_token - bound) / bound < 0.05
     assert result.roofline("H100-SXM5").decode.bound == "memory"
+
+
+# Left-padded prompts: row 0 unpadded, the others with 1, 2 and 3 pads in front (pad id 0).
+PADDED = torch.randint(1, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+PADDED_MASK = (torch.arange(6) >= torch.tensor([[0], [1], [2], [3]])).long()
+PADDED = PADDED * PADDED_MASK
+
+
+def gpt_neo() -> nn.Module:
+    cfg = transformers.GPTNeoConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=100,
+                                    max_position_embeddings=64, attention_types=[[["global", "local"], 1]],
+                                    window_size=4)
+    torch.manual_seed(0)
+    return transformers.GPTNeoForCausalLM(cfg).eval()
+
+
+def with_loud_positions(make, embedding: str):
+    """The model with its learned position embeddings scaled up, so that a token at the wrong
+    position changes what comes next."""
+    def build() -> nn.Module:
+        model = make()
+        with torch.no_grad():
+            model.get_submodule(embedding).weight.mul_(50)
+        return model
+    return build
+
+
+class TestPositionsAsGenerateDerivesThem:
+    """Left padding: generate counts each row's positions from its mask; so does profile_generation."""
+
+    @pytest.mark.parametrize("make", [
+        pytest.param(with_loud_positions(gpt2, "transformer.wpe"), id="gpt2-absolute"),
+        pytest.param(with_loud_positions(gpt_neo, "transformer.wpe"), id="gpt-neo-absolute"),
+        pytest.param(llama, id="llama-rotary"),
+    ])
+    def test_left_padded_prompts_give_generates_tokens(self, make):
+        model = make()
+        result = generated(model, PADDED, kwargs={"attention_mask": PADDED_MASK})
+        tokens, flops = generate_per_forward(model, PADDED, NEW, attention_mask=PADDED_MASK)
+        assert torch.equal(result.tokens, tokens)
+        assert [p.matmul_flops for p in result.phases] == flops
+
+    def test_a_mask_of_ones_is_dropped_as_generate_drops_it(self):
+        model = llama()
+        plain = generated(model)
+        masked = generated(model, kwargs={"attention_mask": torch.ones_like(PROMPT)})
+        assert [(p.flops, p.bytes) for p in masked.phases] == [(p.flops, p.bytes) for p in plain.phases]
+
+
+class TestThePrefillsLogits:
+    """generate passes logits_to_keep=1: the LM head runs on the last prompt position only."""
+
+    @pytest.mark.parametrize("make", MODELS)
+    def test_the_prefill_is_generates_first_forward(self, make):
+        model = make()
+        result = generated(model)
+        _, flops = generate_per_forward(model, PROMPT, 1)
+        assert [result.prefill.matmul_flops] == flops
+        assert result.prefill_logits == "last"
+        assert "last prompt position only, as generate does" in result.table()
+
+    @pytest.mark.parametrize("make", MODELS)
+    def test_full_logits_adds_the_head_at_every_other_position(self, make):
+        model = make()
+        last, full = generated(model), generated(model, full_logits=True)
+        batch, prompt = PROMPT.shape
+        d, vocab = model.config.hidden_size, model.config.vocab_size
+        assert full.prefill.matmul_flops - last.prefill.matmul_flops == batch * 2 * (prompt - 1) * d * vocab
+        assert full.prefill.total_macs - last.prefill.total_macs == batch * (prompt - 1) * d * vocab
+        assert [s.flops for s in full.steps] == [s.flops for s in last.steps]
+        assert torch.equal(full.tokens, last.tokens)
+        assert full.prefill_logits == "all" and "full_logits=True" in full.table()
+        assert full.to_dict()["totals"]["prefill_logits"] == "all"
+
+    def test_a_forward_without_logits_to_keep_says_so(self):
+        result = generated(TupleCacheLM().eval(), torch.tensor([[1, 2, 3]]), new=2)
+        assert result.prefill_logits == "all"
+        assert "TupleCacheLM.forward takes no logits_to_keep" in result.table()
+
+
+def bart_config(cls):
+    return cls(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+               pad_token_id=1, decoder_start_token_id=2)
+
+
+def t5_config(cls):
+    return cls(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+
+
+ENCODER_DECODERS = [
+    pytest.param(transformers.BartForConditionalGeneration, bart_config(transformers.BartConfig), id="bart"),
+    pytest.param(transformers.MBartForConditionalGeneration, bart_config(transformers.MBartConfig), id="mbart"),
+    pytest.param(transformers.PegasusForConditionalGeneration, bart_config(transformers.PegasusConfig), id="pegasus"),
+    pytest.param(transformers.MarianMTModel, bart_config(transformers.MarianConfig), id="marian"),
+    pytest.param(transformers.BlenderbotForConditionalGeneration, bart_config(transformers.BlenderbotConfig),
+                 id="blenderbot"),
+    pytest.param(transformers.M2M100ForConditionalGeneration, bart_config(transformers.M2M100Config), id="m2m100"),
+    pytest.param(transformers.T5ForConditionalGeneration, t5_config(transformers.T5Config), id="t5"),
+    pytest.param(transformers.MT5ForConditionalGeneration, t5_config(transformers.MT5Config), id="mt5"),
+    pytest.param(transformers.BartModel, bart_config(transformers.BartConfig), id="bart-base-model"),
+]
+
+
+class TestEncoderDecoderModelsAreRefused:
+    @pytest.mark.parametrize(("cls", "config"), ENCODER_DECODERS)
+    def test_refused_naming_the_model_before_running_it(self, cls, config):
+        torch.manual_seed(0)
+        model = cls(config).eval()
+        before = snapshot(model)
+        ran = []
+        handle = model.register_forward_pre_hook(lambda *_: ran.append(1))
+        with pytest.raises(TypeError, match=f"does not support encoder-decoder models yet, and {cls.__name__} is one"):
+            profile_generation(model, PROMPT, max_new_tokens=2)
+        handle.remove()
+        assert not ran
+        assert_unchanged(model, before)
+
+    def test_a_model_of_its_own_that_takes_decoder_input_ids(self):
+        class Seq2Seq(TupleCacheLM):
+            def forward(self, input_ids, decoder_input_ids=None, past_key_values=None, use_cache=True):
+                return super().forward(input_ids, past_key_values, use_cache)
+
+        with pytest.raises(TypeError, match="Seq2Seq is one"):
+            profile_generation(Seq2Seq(), PROMPT, max_new_tokens=2)
+
+
+def mamba() -> nn.Module:
+    torch.manual_seed(0)
+    return transformers.MambaForCausalLM(transformers.MambaConfig(num_hidden_layers=2, hidden_size=32, vocab_size=100,
+                                                                  state_size=8)).eval()
+
+
+def mamba2() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.Mamba2Config(num_hidden_layers=2, hidden_size=32, vocab_size=100, state_size=8, num_heads=4,
+                                    head_dim=16, n_groups=1, expand=2, chunk_size=8)
+    return transformers.Mamba2ForCausalLM(cfg).eval()
+
+
+def mistral_sliding() -> nn.Module:
+    """Every layer a sliding window of 4 tokens: the cache keeps the last 3."""
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=100, sliding_window=4,
+                                     max_position_embeddings=64)
+    return transformers.MistralForCausalLM(cfg).eval()
+
+
+def gemma2_hybrid() -> nn.Module:
+    """Sliding-window and full-attention layers alternating."""
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8, vocab_size=100, sliding_window=4,
+                                    max_position_embeddings=64)
+    return transformers.Gemma2ForCausalLM(cfg).eval()
+
+
+def held_bytes(cache) -> int:
+    """The oracle: nbytes of the state tensors generate's own cache holds, read from where each
+    layer type keeps them (keys and values; convolution and recurrent states)."""
+    total = 0
+    for layer in cache.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None),
+                       *getattr(layer, "conv_states", {}).values(), *getattr(layer, "recurrent_states", {}).values()):
+            if tensor is not None:
+                total += tensor.nbytes
+    return total
+
+
+class TestEveryCacheLayoutsBytes:
+    """The bytes a cache holds after the last step are those of generate's cache after the same
+    tokens; tokens as generate's, with or without a mask (generate drops it after a state-space
+    model's prefill)."""
+
+    @pytest.mark.parametrize("make", [
+        pytest.param(mamba, id="mamba"), pytest.param(mamba2, id="mamba2"),
+        pytest.param(mistral_sliding, id="sliding-window"), pytest.param(gemma2_hybrid, id="sliding-and-full"),
+        pytest.param(llama, id="dynamic"),
+    ])
+    @pytest.mark.parametrize("mask", [None, torch.ones_like(PADDED), PADDED_MASK], ids=["no-mask", "ones", "padded"])
+    def test_tokens_and_cache_bytes_as_generates(self, make, mask):
+        model = make()
+        prompt = PADDED if mask is PADDED_MASK else PADDED + (1 - PADDED_MASK)  # no pad, where nothing masks it
+        result = generated(model, prompt, kwargs={"attention_mask": mask} if mask is not None else None)
+        out = model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=NEW, eos_token_id=None,
+                             pad_token_id=0, return_dict_in_generate=True)
+        assert torch.equal(result.tokens, out.sequences[:, prompt.shape[1]:])
+        assert result.kv_cache_bytes == held_bytes(out.cache) > 0
+
+    def test_a_state_space_cache_does_not_grow_with_the_context(self):
+        result = generated(mamba(), PADDED)
+        cfg = mamba().config
+        batch, inner = PADDED.shape[0], cfg.intermediate_size
+        conv, ssm = batch * inner * cfg.conv_kernel * 4, batch * inner * cfg.state_size * 4
+        assert {p.kv_cache_bytes for p in result.phases} == {cfg.num_hidden_layers * (conv + ssm)}
+
+    def test_a_tuple_cache_and_a_tensor_held_twice(self):
+        """Each memory once: the tuple cache's keys and values, and a cache listing a tensor twice."""
+        from profiler.generation import cache_bytes
+        model = TupleCacheLM().eval()
+        result = generated(model, torch.tensor([[1, 2, 3, 4]]), new=3)
+        keys = torch.zeros(1, 6, 16)
+        assert result.kv_cache_bytes == 2 * keys.nbytes
+        assert cache_bytes((keys, keys, [keys[:, :2]])) == keys.nbytes
+
+
+class NoCacheLM(TupleCacheLM):
+    """Takes past_key_values and ignores it: returns logits alone."""
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        return super().forward(input_ids, None, use_cache)[0]
+
+
+class NoneCacheLM(TupleCacheLM):
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        return super().forward(input_ids, None, use_cache)[0], None
+
+
+@pytest.mark.parametrize("cls", [NoCacheLM, NoneCacheLM])
+def test_a_model_that_returns_no_cache_is_refused(cls):
+    with pytest.raises(TypeError, match=f"{cls.__name__}.forward takes past_key_values but the prefill left no cache"):
+        profile_generation(cls().eval(), torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+def test_failing_calls_leave_nothing_alive():
+    """Thirty failing calls, a forward that raises in the first decode step or bad input: no
+    tensor outlives them (the cache, the captures, the logits)."""
+    model = llama()
+    forwards = []
+
+    def raise_in_the_second_forward(module, args):
+        forwards.append(1)
+        if len(forwards) == 2:
+            raise RuntimeError("boom")
+
+    generated(model, new=1)  # warm: whatever a first call keeps for good is made before counting
+    handle = model.model.layers[1].register_forward_pre_hook(raise_in_the_second_forward)
+    before = _live_tensors()
+    for n in range(30):
+        forwards.clear()
+        with pytest.raises((RuntimeError, ValueError)):
+            if n % 3 == 2:
+                profile_generation(model, PROMPT, max_new_tokens=2, kwargs={"attention_mask": PROMPT[:, :2]})
+            else:
+                profile_generation(model, PROMPT, max_new_tokens=NEW)
+    handle.remove()
+    assert _live_tensors() == before
