@@ -27,6 +27,9 @@ from profiler.units import format_bytes, format_count, format_seconds
 __all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "TrainingRoofline", "default_loss", "profile_training",
            "tensors_in", "training_summary"]
 
+# A tensor's gradient edge (torch >= 2.2): on an older torch the backward goes past the inputs, and says so.
+_gradient_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
+
 # Optimizer state kept per trainable parameter, in tensors of the parameter's shape and dtype.
 OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
 
@@ -265,6 +268,10 @@ def profile_training(
     costs only its input's gradient, the first layer no input gradient, a checkpointed block its
     forward twice. The model comes back as it was: training flags, every parameter's ``.grad``,
     buffers (BatchNorm's running statistics) and the global random state.
+
+    The inputs reach the forward as given (the same objects, whatever their container). An input
+    that requires grad costs its gradient, and the backward stops there: the graph that made it
+    (another model's output) is not run, and the input's own ``.grad`` is left as it was.
     """
     if isinstance(model, type):
         raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
@@ -287,7 +294,7 @@ def profile_training(
     # it costs their gradients, not the graph that made them. Their edges are taken now, before an
     # in-place operation in the forward moves them.
     wanting = list({id(t): t for t in tensors_in((args, forward_kwargs)) if t.requires_grad}.values())
-    stops = [torch.autograd.graph.get_gradient_edge(t) for t in wanting if t.grad_fn is not None]
+    stops = [_gradient_edge(t) for t in wanting if t.grad_fn is not None] if _gradient_edge else []
     grads = [(t, t.grad) for t in wanting if t.is_leaf or t.retains_grad]
     try:
         for tensor, _ in grads:  # written, not added to, as the parameters' are
@@ -307,7 +314,7 @@ def profile_training(
                       "other thread trains the model", UncountedWarning, stacklevel=2)
     if step.outside:
         warnings.warn(f"the backward went past the model's inputs into the graph that made them ({step.outside} "
-                      "operators, not counted, and the .grad of tensors outside the model set): an input that "
+                      "operators, not counted; the .grad of tensors outside the model may be set): an input that "
                       "requires grad sits where profile_training does not look (it searches tuples, lists, "
                       "mappings and dataclasses); pass it in one of those, or detached", UncountedWarning, stacklevel=2)
     warn_uncounted(uncounted)
