@@ -443,6 +443,18 @@ class _StepUndone:
             raise
         return self
 
+    def noted(self, error: BaseException) -> BaseException:
+        """``error``, with a note naming what the restore rolled back of another thread's work (the
+        warning ``profile_training`` gives for that is not reached when the step raises)."""
+        if self.rolled_back:
+            note = ("another thread used the model meanwhile; restoring the model as it was before the profile "
+                    f"rolled back that thread's work on {', '.join(self.rolled_back)}")
+            if hasattr(error, "add_note"):
+                error.add_note(note)
+            else:  # Python 3.10: kept where 3.11 keeps it, not shown
+                error.__notes__ = [*getattr(error, "__notes__", ()), note]
+        return error
+
     def _held_back(self, hooks: Mapping) -> Callable[[torch.Tensor], None]:
         counter = self.recorder.backward_counter
 
@@ -535,18 +547,22 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                         torch._C._pop_torch_dispatch_stack(None)
             finally:
                 recorder.close()
-        except (RuleError, LossError):
-            raise
+        except (RuleError, LossError) as exc:
+            raise undone.noted(exc)
         except Exception as exc:
             if stage == "setup":
                 raise
             if stage == "forward":
-                raise _capture_error(recorder, exc) from exc
-            if stage == "loss":
-                raise CaptureError(f"the loss raised {type(exc).__name__}: {exc}") from exc
-            raise CaptureError(f"the backward raised {type(exc).__name__} after the backward of "
-                               f"{_layer(recorder.last_layer)} ran (the last layer whose backward was counted): "
-                               f"{exc}") from exc
+                error = _capture_error(recorder, exc)
+            elif stage == "loss":
+                error = CaptureError(f"the loss raised {type(exc).__name__}: {exc}")
+            else:
+                error = CaptureError(f"the backward raised {type(exc).__name__} after the backward of "
+                                     f"{_layer(recorder.last_layer)} ran (the last layer whose backward was counted): "
+                                     f"{exc}")
+            raise undone.noted(error) from exc
+        except BaseException as exc:  # KeyboardInterrupt
+            raise undone.noted(exc)
         finally:
             recorder.forget()
         if recorder.rule_error is not None:
