@@ -78,34 +78,30 @@ class Capture:
 
     @property
     def idle(self) -> bool:
-        """True when the forward ran nothing at all, or counted nothing (no MACs or FLOPs, nothing
-        uncounted) while none of the layers holding the model's parameters ran and it holds some
-        or returned an iterator: its layers were skipped, or left to run later. A model of
-        parameter-free layers that ran (``ReLU``, ``Flatten``) is not idle: it did no arithmetic."""
+        """True when the forward ran nothing at all, or when no layer holding the model's
+        parameters ran and no call left a record (no work, uncounted work or copy: at most views)
+        while the model holds parameters or returned an iterator: its layers were skipped, or left
+        to run later. A model of parameter-free layers that ran (``ReLU``, ``Flatten``) is not
+        idle: it did no arithmetic, by design."""
         if self.ran_nothing:
             return True
         if self.other_threads:
             return False  # the layers ran in another thread, which its own warning says
         called: set[str] = set()  # layers whose module call has a record
-        calling: set[str] = set()  # layers that made a torch call of their own
         for r in self.records:
-            if r.macs or r.flops or r.status == "uncounted":
+            if r.function is not None or r.macs or r.flops or r.status == "uncounted":
                 return False
-            (called if r.function is None else calling).add(r.name)
+            called.add(r.name)
         holds = False
         ruled = ""  # the ruled layer a covered one is counted in: in named_modules() order, the last not covered
         for info in self.modules:
             if not info.covered:
                 ruled = info.name
-            if not info.params:
-                continue
-            holds = True
-            # the model itself always has a record: its parameters ran if it used them in a call,
-            # or if it is a layer its rule counts
-            ran = info.name in called and (info.name or info.rule) or info.name in calling or \
-                info.covered and ruled in called
-            if ran:
-                return False
+            if info.params:
+                holds = True
+                # the model's own record says it ran only when its rule counted it
+                if info.name in called and (info.name or info.rule) or info.covered and ruled in called:
+                    return False
         return holds or bool(self.lazy_output)
 
 

@@ -68,6 +68,8 @@ def test_a_parameter_free_model_returning_a_generator_says_so():
     pytest.param(Holding(lambda m, x: m.layer(x)), torch.rand(2, 4), id="its layer ran"),
     pytest.param(Holding(lambda m, x: iter([m.layer(t) for t in x])), torch.rand(2, 4), id="an iterator over done work"),
     pytest.param(nn.Sequential(nn.Embedding(10, 4)), torch.zeros(2, 3, dtype=torch.long), id="a free layer with parameters"),
+    pytest.param(Holding(lambda m, x: F.embedding(x, m.layer.weight), nn.Embedding(10, 4)),
+                 torch.zeros(2, 3, dtype=torch.long), id="a free call on a child's parameters"),
 ])
 def test_a_forward_whose_layers_ran_does_not_warn(model, x):
     with warnings.catch_warnings():
