@@ -7,10 +7,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
+import gc
 import json
 import subprocess
 import sys
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -626,3 +629,217 @@ def test_busy_and_inference_mode_errors_say_so():
     model, x = mlp(), torch.rand(4, 64)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         profile_training(model, (x,))
+
+
+# --- what torch.utils.checkpoint keeps for its recomputation
+
+
+class Scaled(nn.Module):
+    """``fc(x) * scale``: the product saves both factors, which a checkpoint around it does not keep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(256, 256)
+
+    def forward(self, x, scale):
+        return self.fc(x) * scale
+
+
+class CheckpointsScaled(nn.Module):
+    """``proj``, then :class:`Scaled` under a checkpoint, given ``scale = proj(x) + 1`` the way
+    ``how`` says. ``self.checkpoint`` is torch's; the oracle swaps it for a recording one."""
+
+    def __init__(self, how: str, reentrant: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(256, 256)
+        self.block = Scaled()
+        self.how, self.reentrant = how, reentrant
+        self.checkpoint = checkpoint
+
+    def forward(self, x):
+        h = self.proj(x)
+        # a tensor that requires grad inside a container breaks a reentrant checkpoint's backward
+        scale = (h + 1).detach() if self.reentrant else h + 1
+        run = functools.partial(self.checkpoint, use_reentrant=self.reentrant)
+        if self.how == "positional":
+            return run(self.block, h, scale)
+        if self.how == "keyword":
+            return run(self.block, h, scale=scale)
+        if self.how == "keyword container":
+            return run(lambda a, scales: self.block(a, scales["all"][0]), h, scales={"all": [scale]})
+        if self.how == "positional container":
+            return run(lambda a, scales: self.block(a, scales[0]), h, (scale,))
+        if self.how == "partial":  # as Hugging Face checkpoints a layer: partial(forward, layer, **kwargs)
+            return run(functools.partial(self.block, scale=scale), h)
+        if self.how == "discarded":  # a checkpoint whose output is dropped keeps nothing
+            run(self.block, h, scale=h * 2)
+            return run(self.block, h, scale=scale)
+        # mixed: a view of h (h's storage, already counted), a parameter (not an activation), a keyword
+        return run(lambda a, view, weight, scale: self.block(a + view.sum() * 0 + weight.sum() * 0, scale),
+                   h, h[:, :128], self.proj.weight, scale=scale)
+
+
+def passed_to_checkpoint(model: nn.Module, args: tuple = (), kwargs: dict | None = None, *,
+                         holders: list | None = None) -> int:
+    """The oracle: bytes of the storages a plain ``saved_tensors_hooks`` pack hook sees, and of the
+    tensors passed to each checkpoint that returned a result still referenced (positional,
+    keyword, inside containers and a ``functools.partial``), each storage once, the model's
+    parameters and buffers left out. ``holders``: objects whose ``checkpoint`` attribute (or
+    Hugging Face's ``_gradient_checkpointing_func``) is the checkpoint to record."""
+    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[int, int] = {}
+
+    def note(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            seen[storage.data_ptr()] = storage.nbytes()
+
+    def leaves(fn, args, kwargs):
+        bound = (fn.args, fn.keywords) if isinstance(fn, functools.partial) else ()
+        return [t for t in torch.utils._pytree.tree_leaves((bound, args, kwargs)) if isinstance(t, torch.Tensor)]
+
+    kept: list = []  # (weak reference to the output, the tensors passed)
+
+    def recording(real):
+        def run(fn, *a, **kw):
+            out = real(fn, *a, **kw)
+            kept.append((weakref.ref(out), leaves(fn, a, kw)))
+            return out
+        return run
+
+    originals = []
+    for holder in holders or [model]:
+        name = "checkpoint" if hasattr(holder, "checkpoint") else "_gradient_checkpointing_func"
+        originals.append((holder, name, getattr(holder, name)))
+        setattr(holder, name, recording(getattr(holder, name)))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: (note(t), t)[1], lambda t: t):
+            out = model(*args, **(kwargs or {}))
+        for ref, tensors in kept:
+            if ref() is not None:
+                for tensor in tensors:
+                    note(tensor)
+    finally:
+        for holder, name, real in originals:
+            setattr(holder, name, real)
+    del out
+    return sum(seen.values())
+
+
+CHECKPOINT_CASES = [(how, False) for how in ("positional", "keyword", "keyword container", "positional container",
+                                             "partial", "discarded", "mixed")]
+CHECKPOINT_CASES += [(how, True) for how in ("positional", "positional container", "partial")]
+
+
+@pytest.mark.parametrize(("how", "reentrant"), CHECKPOINT_CASES,
+                         ids=[f"{how}-{'reentrant' if r else 'non-reentrant'}" for how, r in CHECKPOINT_CASES])
+def test_what_a_checkpoint_keeps_is_counted(how, reentrant):
+    model, x = CheckpointsScaled(how, reentrant), torch.randn(64, 256)
+    result = profile_training(model, (x,))
+    # proj's input x, h (the checkpoint's input) and scale: the block inside saves nothing
+    assert result.activation_bytes == 3 * 64 * 256 * 4
+    assert result.activation_bytes == passed_to_checkpoint(model, (x,))
+    # h and scale are kept for the model's own call of checkpoint, x by proj
+    assert result.layer("").own_activation_bytes == 2 * 64 * 256 * 4
+    assert result.layer("proj").own_activation_bytes == 64 * 256 * 4
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_hugging_face_checkpointing_counts_the_keyword_arguments(reentrant):
+    """Hugging Face passes the attention mask, cos/sin and position ids to a checkpointed layer by
+    keyword, in ``partial(forward, layer, **kwargs)``."""
+    model = tiny_llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.train()
+    layers = list(model.model.layers)
+    result = profile_training(model, kwargs={"input_ids": IDS, "labels": IDS})
+    expected = passed_to_checkpoint(model, kwargs={"input_ids": IDS, "labels": IDS}, holders=layers)
+    assert result.activation_bytes == expected
+    assert result.activation_bytes > saved_bytes(model, kwargs={"input_ids": IDS, "labels": IDS})  # what the hook alone sees
+
+
+# --- requires_grad that train() changes
+
+
+class UnfreezesInTraining(nn.Module):
+    """A backbone frozen for inference that ``train()`` unfreezes (and ``eval()`` freezes again)."""
+
+    def __init__(self, raises: bool = False) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+        self.raises = raises
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.requires_grad_(mode)
+        return self
+
+    def forward(self, x):
+        y = self.backbone(x)
+        if self.raises:
+            raise ValueError("tripped")
+        return self.head(y)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["succeeds", "forward raises"])
+def test_requires_grad_that_train_changes_comes_back(raises):
+    model, x = UnfreezesInTraining(raises).eval(), torch.randn(4, 8)
+    before = snapshot(model)
+    with pytest.raises(CaptureError) if raises else contextlib.nullcontext():
+        result = profile_training(model, (x,))
+    assert_unchanged(model, before)
+    assert [p.requires_grad for p in model.backbone.parameters()] == [False, False]
+    assert model.backbone.weight.grad is None
+    if not raises:  # the step ran as a training loop's after train(): the backbone's weight gradient too
+        assert result.layer("backbone").backward.matmul_flops == 2 * 4 * 8 * 8
+
+
+# --- nothing outlives a call
+
+
+class Big(nn.Module):
+    """Makes 1 MiB activations, then raises in the forward, or gives an output whose backward raises."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(512, 512)
+        self.where = where
+
+    def forward(self, x):
+        y = torch.tanh(self.fc(x))
+        if self.where == "forward":
+            raise ValueError("tripped")
+        return RaisesInBackward.apply(y) if self.where == "backward" else y
+
+
+def big_tensors(model: nn.Module) -> int:
+    """Tensors of 512 x 512 elements alive after a collection, the model's own left out."""
+    gc.collect()
+    own = {id(p) for p in model.parameters()}
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.numel() == 512 * 512 and id(o) not in own)
+
+
+@pytest.mark.parametrize("where", ["forward", "loss", "backward"])
+def test_a_failing_step_keeps_nothing_alive(where):
+    model = Big(where)
+    before = big_tensors(model)
+    inputs = []
+
+    def loss(out):
+        if where == "loss":
+            raise KeyError("no such output")
+        return out.sum()
+
+    for _ in range(30):
+        x = torch.randn(512, 512)
+        inputs.append(weakref.ref(x))
+        try:
+            profile_training(model, (x,), loss=loss)
+        except CaptureError:
+            pass
+        else:
+            pytest.fail("the step did not raise")
+        del x
+    assert big_tensors(model) == before  # the inputs, nor the activations: fc's output, tanh's
+    assert [ref for ref in inputs if ref() is not None] == []
