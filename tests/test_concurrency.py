@@ -1,15 +1,19 @@
 """Two threads profiling one model at once leave every training flag as it was; another thread's
-forwards meanwhile are named in the warning, which says they ran in eval mode."""
+forwards meanwhile are named in the warning, which says they ran in eval mode. Another thread
+training the model during profile_training: what the restore rolled back of its work is named
+exactly, and its autograd graph stays valid."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from profiler import UncountedWarning, profile
+from profiler import CaptureError, UncountedWarning, profile, profile_training
 
 from conftest import assert_unchanged, snapshot
 
@@ -98,3 +102,122 @@ def test_another_threads_forwards_are_named_with_what_they_saw():
     model.steps = {}
     assert modes == [False]  # what the README says: the other thread saw eval mode
     assert model.training and model.drop.training
+
+
+class Gated(nn.Module):
+    """Linear, BatchNorm, a gate, Linear: in the profiling thread the gate runs ``step`` (another
+    thread's work) while the profile holds the model; other threads pass straight through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, 2)
+        self.step = None
+        self.profiling_thread = None
+
+    def forward(self, x):
+        x = self.norm(self.fc(x))
+        if self.step is not None and threading.current_thread() is self.profiling_thread:
+            self.step()
+        return self.out(x)
+
+
+def changed_buffers(model: nn.Module, before: dict) -> set[str]:
+    return {f"buffer {name!r}" for name, b in model.named_buffers() if not torch.equal(b, before[name])}
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["profile succeeds", "profile's loss raises"])
+def test_another_threads_training_step_is_rolled_back_by_name_and_its_graph_survives(raises):
+    """Another thread trains the model while profile_training holds it: the warning (or the error's
+    note) names each buffer update and gradient the restore rolled back, exactly; the graph it made
+    before the profile still backpropagates after it (nothing was written into its saved tensors)."""
+    model = Gated().train()
+    ready, inside, done, after = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    rolled_back: set[str] = set()
+
+    def trainer() -> None:
+        try:
+            pending = model(torch.randn(5, 4)).sum()  # saved the original BatchNorm statistics
+            ready.set()
+            assert inside.wait(10)
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            model(torch.randn(5, 4)).sum().backward()  # a whole step while the profile holds the model
+            rolled_back.update(changed_buffers(model, buffers))
+            # the profile set every .grad to None when it took the model: these are this thread's
+            rolled_back.update(f"gradient of {name!r}" for name, p in model.named_parameters() if p.grad is not None)
+            done.set()
+            assert after.wait(10)
+            pending.backward()  # its next backward, after the profile restored the model
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+            done.set()
+
+    def main_step() -> None:
+        inside.set()
+        assert done.wait(10)
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        before, grads = snapshot(model), [p.grad for p in model.parameters()]
+        model.step, model.profiling_thread = main_step, threading.current_thread()
+
+        def loss(out):
+            if raises:
+                raise KeyError("no such output")
+            return out.sum()
+
+        with pytest.raises(CaptureError) if raises else contextlib.nullcontext() as info, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            profile_training(model, (torch.randn(5, 4),), loss=loss)
+        model.step = None
+        assert_unchanged(model, before)
+        assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+    finally:
+        model.step = None
+        after.set()
+        thread.join(30)
+    assert not errors, errors
+    # fc, norm and out ran in the other thread: BatchNorm's three statistics, and six gradients
+    assert len(rolled_back) == 3 + 6
+    if raises:
+        notes = getattr(info.value, "__notes__", [])
+        assert len(notes) == 1
+        listed = notes[0].split("rolled back that thread's work on ")[1]
+    else:
+        messages = [str(w.message) for w in caught if "another thread used the model" in str(w.message)]
+        assert len(messages) == 1
+        listed = messages[0].split("rolled back that thread's work on ")[1].split("; ")[0]
+        ran = next(str(w.message) for w in caught if "called from other threads" in str(w.message))
+        assert all(f"'{name}' ×1" in ran for name in ("fc", "norm", "out"))
+    assert set(listed.split(", ")) == rolled_back
+
+
+def test_another_thread_whose_work_the_restore_keeps_is_told_so():
+    """Another thread runs a layer with no buffers and no backward while the profile holds the
+    model: nothing of its work is rolled back, and the warning says that."""
+    model = Gated().train()
+    inside, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        assert inside.wait(10)
+        model.fc(torch.randn(5, 4))
+        done.set()
+
+    def main_step() -> None:
+        inside.set()
+        assert done.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    model.step, model.profiling_thread = main_step, threading.current_thread()
+    try:
+        with pytest.warns(UncountedWarning, match="rolled back none of that thread's buffer updates or gradients"):
+            profile_training(model, (torch.randn(5, 4),))
+    finally:
+        model.step = None
+        thread.join(30)
