@@ -56,7 +56,8 @@ class GenerationStep(NamedTuple):
     tokens: int
     """Tokens each sequence fed in: the prompt's length (padding included) for the prefill, then 1."""
     context: int
-    """Tokens in the KV cache after this forward (the prompt and the tokens fed so far)."""
+    """Tokens seen after this forward (the prompt and the tokens fed so far); a sliding-window
+    layer's cache keeps fewer, a state-space model's a state of fixed size."""
     macs: int
     flops: int
     matmul_flops: int
@@ -184,8 +185,9 @@ def _output_parts(out: Any, cache_argument: str) -> tuple[torch.Tensor, Any]:
     """``(logits, cache)`` of a forward's output: a ``ModelOutput``, a dict or a tuple."""
     if isinstance(out, Mapping):
         logits = out.get("logits")
-        cache = next((out.get(k) for k in (cache_argument, "cache", "past_key_values") if out.get(k) is not None),
-                     None)
+        cache = out.get(cache_argument)
+        if cache is None:  # transformers 5 returns .cache to a forward that takes past_key_values
+            cache = out.get("cache", out.get("past_key_values"))
     elif isinstance(out, (tuple, list)) and len(out) >= 2:
         logits, cache = out[0], out[1]
     else:
@@ -202,6 +204,24 @@ def _positions(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def _first_state(model: nn.Module, generation: bool, input_ids: torch.Tensor, mask: torch.Tensor | None,
+                 state: dict[str, Any], full_logits: bool) -> dict[str, Any]:
+    """What ``generate`` keeps between steps, at the start: ``state`` (the cache, ``use_cache``, the
+    user's kwargs) with the positions, the mask and ``logits_to_keep``, each where the forward takes it."""
+    parameters = _parameters(model)
+    if "position_ids" in parameters:  # generate counts them from a mask, of ones where none is given
+        counted = mask if mask is not None or "attention_mask" not in parameters else torch.ones_like(input_ids)
+        state["position_ids"] = _positions(input_ids, counted)
+    if generation and "attention_mask" in parameters and (
+            mask is None or (mask.device.type != "meta" and bool((mask == 1).all()))):
+        mask = None  # generate drops a mask of ones once the positions are known: nothing is padded
+    if mask is not None:
+        state["attention_mask"] = mask
+    if "logits_to_keep" in parameters and not full_logits:
+        state["logits_to_keep"] = 1
+    return state
 
 
 def _step_inputs(model: nn.Module, generation: bool, ids: torch.Tensor, state: dict[str, Any],
@@ -238,12 +258,14 @@ def _run(model: nn.Module, inputs: dict[str, Any], resolver: Resolver, cache: An
     """One captured forward and its output; a run the capture repeats starts from ``cache`` cropped
     back to ``length`` tokens."""
     outputs: list[Any] = []
+    runs = 0
 
     def forward() -> None:
-        if outputs:  # the marker of a first run, which raised
+        nonlocal runs
+        if runs:
             _roll_back(cache, length)
-        outputs.append(None)
-        outputs[-1] = model(**inputs)
+        runs += 1
+        outputs.append(model(**inputs))
 
     capture = capture_forward(model, forward, resolver)
     return capture, outputs[-1]
@@ -318,23 +340,14 @@ def profile_generation(
                          + (f"{list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__))
 
     name = type(model).__name__
-    parameters = _parameters(model)
     generation = _generation_mixin(model)
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step
     if own_cache:
         _counted_update(cache)
-    state: dict[str, Any] = {cache_argument: cache, "use_cache": True, **extra}
-    if "position_ids" in parameters:  # generate counts them from a mask, of ones where none is given
-        counted = mask if mask is not None or "attention_mask" not in parameters else torch.ones_like(input_ids)
-        state["position_ids"] = _positions(input_ids, counted)
-    if generation and "attention_mask" in parameters and (
-            mask is None or (mask.device.type != "meta" and bool((mask == 1).all()))):
-        mask = None  # generate drops a mask of ones once the positions are known: nothing is padded
-    if mask is not None:
-        state["attention_mask"] = mask
-    if "logits_to_keep" in parameters and not full_logits:
-        state["logits_to_keep"] = 1
+    state = _first_state(model, generation, input_ids, mask, {cache_argument: cache, "use_cache": True, **extra},
+                         full_logits)
+    if "logits_to_keep" in state:
         note = "The prefill computes the logits of the last prompt position only, as generate does (logits_to_keep=1)."
     elif full_logits:
         note = ("The prefill computes the logits of every prompt position (full_logits=True); generate computes "
@@ -351,7 +364,7 @@ def profile_generation(
         inputs = _step_inputs(model, generation, ids, state, number == 0)
         fed = inputs["input_ids"].shape[1]
         before = context - fed
-        capture, output = _run(model, inputs, resolver, state[cache_argument] if own_cache else None, before)
+        capture, output = _run(model, inputs, resolver, state[cache_argument], before)
         logits, returned = _output_parts(output, cache_argument)
         if returned is not None:
             state[cache_argument] = returned
@@ -372,7 +385,6 @@ def profile_generation(
         if "position_ids" in state:
             positions = state["position_ids"]
             state["position_ids"] = torch.cat([positions, positions[..., -1:] + 1], dim=-1)
-        del output, logits, returned
 
     uncounted = uncounted_summary([r for c in captures for r in c.records])
     for capture in captures:
@@ -389,7 +401,8 @@ class GenerationResult:
     tokens generated."""
 
     prefill: ProfileResult
-    """The prompt's forward: the counts ``profile()`` gives for the same prompt."""
+    """The prompt's forward: the counts ``profile()`` gives for the forward ``generate`` runs
+    (``logits_to_keep=1`` where the model takes it, unless ``full_logits=True``)."""
     steps: tuple[GenerationStep, ...]
     """One entry per decode step (the prefill is :attr:`phases`' first)."""
     tokens: torch.Tensor

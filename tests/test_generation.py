@@ -468,12 +468,13 @@ class TestEveryCacheLayoutsBytes:
     tokens; tokens as generate's, with or without a mask (generate drops it after a state-space
     model's prefill)."""
 
-    @pytest.mark.parametrize("make", [
-        pytest.param(mamba, id="mamba"), pytest.param(mamba2, id="mamba2"),
-        pytest.param(mistral_sliding, id="sliding-window"), pytest.param(gemma2_hybrid, id="sliding-and-full"),
-        pytest.param(llama, id="dynamic"),
+    @pytest.mark.parametrize(("make", "mask"), [
+        *(pytest.param(make, mask, id=f"{make.__name__}-{kind}") for make in (mamba, mamba2)
+          for mask, kind in ((None, "no-mask"), (torch.ones_like(PADDED), "ones"), (PADDED_MASK, "padded"))),
+        pytest.param(mistral_sliding, PADDED_MASK, id="sliding-window-padded"),
+        pytest.param(gemma2_hybrid, PADDED_MASK, id="sliding-and-full-padded"),
+        pytest.param(llama, PADDED_MASK, id="dynamic-padded"),
     ])
-    @pytest.mark.parametrize("mask", [None, torch.ones_like(PADDED), PADDED_MASK], ids=["no-mask", "ones", "padded"])
     def test_tokens_and_cache_bytes_as_generates(self, make, mask):
         model = make()
         prompt = PADDED if mask is PADDED_MASK else PADDED + (1 - PADDED_MASK)  # no pad, where nothing masks it
@@ -546,3 +547,31 @@ def test_failing_calls_leave_nothing_alive():
                 profile_generation(model, PROMPT, max_new_tokens=NEW)
     handle.remove()
     assert _live_tensors() == before
+
+
+def test_a_forward_the_capture_runs_again_starts_from_the_cache_before_it(monkeypatch):
+    """The capture runs a forward again when its first run loaded Dynamo and raised; what that
+    run wrote to the cache (layer 0's new keys and values) is cropped before the second."""
+    import sys
+    dynamo = sys.modules["torch._dynamo"]
+    model = llama()
+    forwards = []
+
+    def load_dynamo_and_raise_once(module, args):
+        forwards.append(1)
+        if len(forwards) == 3:  # the prefill, the first decode step's first run: layer 0 has written
+            assert "torch._dynamo" not in sys.modules, "the forward imported Dynamo itself: the test cannot fake it"
+            sys.modules["torch._dynamo"] = dynamo
+            raise RuntimeError("as a forward that loads Dynamo under the hooks")
+
+    handle = model.model.layers[1].register_forward_pre_hook(load_dynamo_and_raise_once)
+    monkeypatch.delitem(sys.modules, "torch._dynamo")
+    try:
+        result = generated(model, PROMPT)
+    finally:
+        handle.remove()
+    assert sys.modules["torch._dynamo"] is dynamo and len(forwards) == NEW + 1
+    out = model.generate(PROMPT, do_sample=False, max_new_tokens=NEW, eos_token_id=None, pad_token_id=0,
+                         return_dict_in_generate=True)
+    assert torch.equal(result.tokens, out.sequences[:, PROMPT.shape[1]:])
+    assert result.kv_cache_bytes == held_bytes(out.cache)
