@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
+import warnings
 from dataclasses import dataclass
 from math import prod
 
@@ -19,7 +21,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 from conftest import assert_unchanged, counted, flop_counter_flops, snapshot
-from profiler import CaptureError, RuleError, UncountedError, UncountedWarning, profile
+from profiler import CaptureError, RuleError, UncountedError, UncountedWarning, profile, profile_training
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -401,6 +403,122 @@ def test_no_global_hook_flag_left_behind(outcome):
     with pytest.raises(CaptureError) if outcome == "forward raises" else contextlib.nullcontext():
         profile(model, inputs=(torch.randn(1, 2),))
     assert dict(module_globals._global_forward_hooks_with_kwargs) == flags
+
+
+# --- profile_training gives the model back: requires_grad that train() changes, another thread training
+
+
+class TogglesInTraining(nn.Module):
+    """A random model whose ``train(mode)`` also sets ``requires_grad``: the ``unfreeze`` parameters
+    to ``mode`` (a backbone that training unfreezes), the ``freeze`` ones to ``not mode``."""
+
+    def __init__(self, body: nn.Module, unfreeze: list[nn.Parameter], freeze: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.body = body
+        self.toggled = [(p, True) for p in unfreeze] + [(p, False) for p in freeze]  # a plain list: not registered
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for p, follows in self.toggled:
+            p.requires_grad_(mode if follows else not mode)
+        return self
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class OtherThread:
+    """A thread that trains ``model`` while the profile holds it: a forward before the profile,
+    a whole step (forward, backward) when the profile's forward starts, that first forward's
+    backward after it. ``rolled_back`` is what its step changed, as the profile names it."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model, self.x = model, x
+        self.ready, self.inside, self.done, self.after = (threading.Event() for _ in range(4))
+        self.errors: list[BaseException] = []
+        self.rolled_back: set[str] = set()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        try:
+            pending = self.model(self.x.detach().requires_grad_()).sum()
+            self.ready.set()
+            assert self.inside.wait(30)
+            buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+            self.model(self.x.detach().requires_grad_()).sum().backward()
+            self.rolled_back = {f"buffer {name!r}" for name, b in self.model.named_buffers()
+                                if b.shape != buffers[name].shape or not torch.equal(b, buffers[name])}
+            # the profile set every .grad to None when it took the model: these are this thread's
+            self.rolled_back |= {f"gradient of {name!r}" for name, p in self.model.named_parameters() if p.grad is not None}
+            self.done.set()
+            assert self.after.wait(30)
+            pending.backward()  # its graph from before the profile is still valid
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            self.errors.append(exc)
+            self.done.set()
+
+
+def listed_after(text: str) -> set[str]:
+    return set(text.split("rolled back that thread's work on ")[1].split("; ")[0].split(", "))
+
+
+@pytest.mark.parametrize("outcome", ["forward succeeds", "forward raises"])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_training_profile_gives_the_model_back(outcome, data):
+    built = data.draw(random_models(), label="model")
+    plan, params = built.trip.plan, list(built.model.parameters())
+    roles = data.draw(st.lists(st.sampled_from(("unfreeze", "freeze", "keep")), min_size=len(params),
+                               max_size=len(params)), label="what train() does to each parameter")
+    model = TogglesInTraining(built.model, [p for p, r in zip(params, roles) if r == "unfreeze"],
+                              [p for p, r in zip(params, roles) if r == "freeze"])
+    for p in params:
+        if data.draw(st.booleans(), label="has a gradient"):
+            p.grad = torch.randn_like(p)
+    other = OtherThread(model, built.x) if data.draw(st.booleans(), label="another thread trains") else None
+    raising_call = data.draw(st.integers(1, built.trip_calls), label="raising call")
+
+    def gate(module, args) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if other is not None:
+            other.inside.set()
+            assert other.done.wait(30)
+        plan.calls = 0  # from here on, the profile's calls
+        if outcome == "forward raises":
+            plan.error, plan.at = ValueError("tripped"), raising_call
+
+    model.register_forward_pre_hook(gate)
+    x = built.x.detach().requires_grad_()  # a backward exists whatever train() freezes
+    try:
+        if other is not None:
+            other.thread.start()
+            assert other.ready.wait(30)
+        before, grads = snapshot(model), [p.grad for p in params]
+        with pytest.raises(CaptureError) if outcome == "forward raises" else contextlib.nullcontext() as info, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            profile_training(model, (x,))
+        plan.at = None
+        assert_unchanged(model, before)  # requires_grad included
+        assert all(p.grad is g for p, g in zip(params, grads))
+    finally:
+        plan.at = None
+        if other is not None:
+            other.after.set()
+            other.thread.join(30)
+    if other is None:
+        return
+    assert not other.errors, other.errors
+    if outcome == "forward raises":
+        notes = getattr(info.value, "__notes__", [])
+        assert (listed_after(notes[0]) if notes else set()) == other.rolled_back
+    else:
+        message = next(str(w.message) for w in caught if "another thread used the model" in str(w.message))
+        if other.rolled_back:
+            assert listed_after(message) == other.rolled_back
+        else:
+            assert "rolled back none of that thread's buffer updates or gradients" in message
 
 
 # --- counts: closed forms and FlopCounterMode
