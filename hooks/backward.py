@@ -582,35 +582,45 @@ def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.Gra
     engine = getattr(torch.autograd.graph, "_engine_run_backward", None)
     if engine is None:  # torch < 2.3
         engine = torch.autograd.Variable._execution_engine.run_backward
-    if not stop_at:
-        engine((loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True)
-        return
-    # The gradients of the leaves and of the stops are computed and dropped, not accumulated: the
-    # engine runs no node of the graph past the stops, not even their own (whose saved tensors an
-    # earlier backward may have freed), and no leaf's gradient accumulation.
-    engine((loss,), (seed,), False, False, _inputs_short_of(loss, stop_at), allow_unreachable=True,
-           accumulate_grad=False)
-
-
-def _inputs_short_of(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge]) -> tuple:
-    """The engine's ``inputs`` for a backward of ``loss`` that stops at ``stop_at``: those edges,
-    and the edge of every leaf reached without passing one of them (a gradient the plain backward
-    would accumulate)."""
     stops = {edge.node for edge in stop_at}
-    inputs = list(stop_at)
-    first = torch.autograd.graph.get_gradient_edge(loss).node
-    seen, todo = {first}, [first]
+    short = list(_nodes([torch.autograd.graph.get_gradient_edge(loss).node], stops)) if stops else []
+    if short and not any(type(node).__name__ == _REENTRANT for node in short):
+        # The gradients of the leaves and of the stops are computed and dropped, not accumulated:
+        # the engine runs no node of the graph past the stops, not even their own (whose saved
+        # tensors an earlier backward may have freed), and no leaf's gradient accumulation.
+        inputs = [*stop_at, *(torch.autograd.graph.GradientEdge(node, 0) for node in short if _is_leaf(node))]
+        engine((loss,), (seed,), False, False, tuple(inputs), allow_unreachable=True, accumulate_grad=False)
+        return
+    # A plain backward: a reentrant checkpoint refuses one given inputs, so it goes on past the stops
+    # (operators not counted, and reported); the leaves it reaches there get their .grad back.
+    leaves = [node.variable for node in _nodes(list(stops), set()) if _is_leaf(node)]
+    grads = [leaf.grad for leaf in leaves]
+    try:
+        engine((loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True)
+    finally:
+        for leaf, grad in zip(leaves, grads):
+            leaf.grad = grad
+
+
+_REENTRANT = "CheckpointFunctionBackward"  # torch.utils.checkpoint's use_reentrant=True node
+
+
+def _is_leaf(node: Any) -> bool:
+    return hasattr(node, "variable")  # AccumulateGrad: a leaf's gradient
+
+
+def _nodes(starts: list, stops: set) -> Iterator[Any]:
+    """The autograd nodes reachable from ``starts`` without passing one of ``stops``, each once."""
+    seen, todo = set(starts), list(starts)
     while todo:
         node = todo.pop()
         if node in stops:
             continue
-        if hasattr(node, "variable"):  # AccumulateGrad: a leaf's gradient
-            inputs.append(torch.autograd.graph.GradientEdge(node, 0))
+        yield node
         for child, _ in node.next_functions:
             if child is not None and child not in seen:
                 seen.add(child)
                 todo.append(child)
-    return tuple(inputs)
 
 
 def _check_loss(loss: Any) -> None:
