@@ -316,7 +316,9 @@ def profile_training(
         warnings.warn(f"the backward went past the model's inputs into the graph that made them ({step.outside} "
                       "operators, not counted; the .grad of tensors outside the model may be set): an input that "
                       "requires grad sits where profile_training does not look (it searches tuples, lists, "
-                      "mappings and dataclasses); pass it in one of those, or detached", UncountedWarning, stacklevel=2)
+                      "mappings and dataclasses), or the model uses a reentrant checkpoint (use_reentrant=True), "
+                      "which lets no backward stop at its inputs; pass such an input detached", UncountedWarning,
+                      stacklevel=2)
     warn_uncounted(uncounted)
     memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,11 +27,12 @@ from profiler import RooflineResult, TrainingResult, TrainingRoofline, profile_t
 from profiler.training import default_loss, training_summary
 
 
-def oracle_matmul(model: nn.Module, call, loss=default_loss, inputs: tuple[torch.Tensor, ...] = ()) -> int:
-    """FlopCounterMode's FLOPs for ``call()``, ``loss`` and the backward down to the parameters and ``inputs``."""
+def oracle_matmul(model: nn.Module, call, loss=default_loss, inputs: tuple[torch.Tensor, ...] | None = ()) -> int:
+    """FlopCounterMode's FLOPs for ``call()``, ``loss`` and the backward down to the parameters and
+    ``inputs`` (``None``: a plain backward, for inputs that are leaves)."""
     params = [p for p in model.parameters() if p.requires_grad]
     with FlopCounterMode(display=False) as counter:
-        torch.autograd.backward(loss(call()), inputs=[*params, *inputs])
+        torch.autograd.backward(loss(call()), inputs=None if inputs is None else [*params, *inputs])
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -256,6 +258,36 @@ class TestInputsThatRequireGrad:
         freed = profile_training(model, (x,))
         assert freed.backward_matmul_flops == result.backward_matmul_flops == 2 * (2 * 3 * 8 * 4)
         assert upstream[0].weight.grad is None
+
+
+    @pytest.mark.parametrize("reentrant", [False, True], ids=["checkpoint", "reentrant-checkpoint"])
+    def test_a_checkpointed_model_given_an_input_made_upstream(self, reentrant):
+        torch.manual_seed(0)
+        model, upstream = Checkpointed(reentrant), nn.Linear(8, 8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            expected = profile_training(model, (made_upstream(upstream).detach().requires_grad_(),))
+        # a reentrant checkpoint refuses a backward that stops: the graph that made x runs, not counted, and says so
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = profile_training(model, (made_upstream(upstream),))
+        assert [str(w.message) for w in caught if "reentrant checkpoint" in str(w.message)] != [] if reentrant \
+            else caught == []
+        assert upstream.weight.grad is None and upstream.bias.grad is None
+        assert result.to_dict() == expected.to_dict()
+        leaf = made_upstream(upstream).detach().requires_grad_()  # a reentrant checkpoint takes no inputs=
+        assert step_matmul(result) == oracle_matmul(model, lambda: model(leaf), inputs=None)
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.out = nn.Linear(8, 2)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        return self.out(x + torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.reentrant))
 
 
 # --------------------------------------------------------------- outputs in containers
