@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from hooks import REGISTRY, ModuleInfo, Record
 from hooks.backward import LossError, capture_step
@@ -220,8 +221,9 @@ def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor],
 
 def tensors_in(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor in ``value``, through tuples (named ones too), lists, mappings (``defaultdict``,
-    ``UserDict`` such as Hugging Face's ``BatchEncoding``, ``ModelOutput``) and dataclasses, at any
-    depth and of any subclass; a container met twice is searched once."""
+    ``UserDict`` such as Hugging Face's ``BatchEncoding``, ``ModelOutput``), dataclasses and the
+    types registered with ``torch.utils._pytree``, at any depth and of any subclass; a container
+    met twice is searched once."""
     seen: set[int] = set()
     todo = [value]
     while todo:
@@ -229,17 +231,20 @@ def tensors_in(value: Any) -> Iterator[torch.Tensor]:
         if isinstance(value, torch.Tensor):
             yield value
             continue
-        if isinstance(value, (tuple, list, Mapping)) or dataclasses.is_dataclass(value) and not isinstance(value, type):
-            if id(value) in seen:
+        if value is None or isinstance(value, (str, bytes, int, float, complex)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, Mapping):
+            items = list(value.values())
+        elif isinstance(value, (tuple, list)):
+            items = list(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+        else:
+            items = tree_leaves(value)
+            if len(items) == 1 and items[0] is value:  # not a registered container
                 continue
-            seen.add(id(value))
-            if isinstance(value, Mapping):
-                items = list(value.values())
-            elif isinstance(value, (tuple, list)):
-                items = list(value)
-            else:
-                items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
-            todo.extend(reversed(items))  # in the order they are held
+        todo.extend(reversed(items))  # in the order they are held
 
 
 def profile_training(

@@ -349,6 +349,19 @@ class TestOutputContainers:
         with pytest.raises(LossError, match="holds no floating-point tensor that requires grad"):
             profile_training(model, (torch.rand(3, 8),))
 
+    def test_a_type_registered_with_pytree_is_searched(self):
+        from torch.utils import _pytree as pytree
+
+        class Registered:
+            def __init__(self, y, z):
+                self.y, self.z = y, z
+
+        pytree.register_pytree_node(Registered, lambda r: ([r.y, r.z], None), lambda xs, _: Registered(*xs))
+        try:
+            self.test_the_default_loss_sums_every_floating_tensor_that_requires_grad(Registered, None)
+        finally:
+            pytree._deregister_pytree_node(Registered)
+
     def test_a_container_holding_itself_is_searched_once(self):
         from profiler.training import tensors_in
 
