@@ -483,7 +483,7 @@ class _StepUndone:
             torch.cuda.set_rng_state_all(self.cuda_rng)
         for p, hooks, handle in self.watched:
             handle.remove()
-            if hooks is None:
+            if hooks is None and not p._backward_hooks:  # as it was, unless a hook came meanwhile
                 p._backward_hooks = None
         for p, grad in zip(self.params, self.grads):
             p.grad = grad
