@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import inspect
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -73,6 +74,7 @@ class GenerationStep(NamedTuple):
 
 
 def _parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
+    """The parameters ``model.forward`` takes by name (none where it has no signature)."""
     try:
         return inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -80,6 +82,7 @@ def _parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
 
 
 def _refuse_encoder_decoder(model: nn.Module) -> None:
+    """Raise for an encoder-decoder model (its config says so, or its forward takes decoder ids)."""
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False) is True or "decoder_input_ids" in _parameters(model):
         raise TypeError(
@@ -103,30 +106,24 @@ def _cache_argument(model: nn.Module) -> str:
 def _generation_mixin(model: nn.Module) -> bool:
     """Whether ``model`` generates with Hugging Face's ``generate`` (and so has its
     ``prepare_inputs_for_generation``)."""
-    try:
-        from transformers import GenerationMixin
-    except ImportError:
-        return False
-    return isinstance(model, GenerationMixin)
+    transformers = sys.modules.get("transformers")  # never imported: not one of its models
+    return transformers is not None and isinstance(model, transformers.GenerationMixin)
 
 
 def _new_cache(model: nn.Module) -> Any:
     """The cache ``generate`` starts from: an empty ``DynamicCache`` for a Hugging Face model that
     takes one, else None (the model makes its own and hands it back)."""
     config = getattr(model, "config", None)
-    try:
-        from transformers import DynamicCache, PretrainedConfig
-    except ImportError:
-        return None
-    if not isinstance(config, PretrainedConfig):
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(config, transformers.PretrainedConfig):
         return None
     supports = getattr(model, "_supports_default_dynamic_cache", None)  # generate's own test (RWKV, XLNet: no)
     if callable(supports) and not supports():
         return None
     try:
-        return DynamicCache(config=config.get_text_config(decoder=True))
+        return transformers.DynamicCache(config=config.get_text_config(decoder=True))
     except TypeError:  # transformers 4: the layers are made as they fill
-        return DynamicCache()
+        return transformers.DynamicCache()
 
 
 def _counted_update(cache: Any) -> None:
