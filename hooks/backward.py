@@ -77,6 +77,9 @@ class StepCapture:
     outside: int = 0
     """Backward operators of the graph that made an input (not counted): the backward went past
     the model's inputs, which ``profile_training`` makes leaves only where it can reach them."""
+    trainable: tuple[bool, ...] = ()
+    """Each of ``parameters``' ``requires_grad`` during the step, after ``model.train()`` (which may
+    unfreeze a backbone); they are restored after it."""
     rolled_back: tuple[str, ...] = ()
     """Other threads' work the restore undid, one line each: ``"buffer 'bn.running_mean'"`` for
     a buffer of a layer another thread ran while the step held the model (its updates went to the
@@ -414,6 +417,7 @@ class _StepUndone:
 
     def __enter__(self) -> _StepUndone:
         self.grads = [p.grad for p in self.params]
+        self.trainable = tuple(p.requires_grad for p in self.params)
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         copies: dict[int, torch.Tensor] = {}
@@ -570,7 +574,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
         forward = Capture(_module_infos(planned), tuple(recorder.forward_records), tuple(recorder.other_threads),
                           tuple(notes), recorder.ran_nothing)
         return StepCapture(forward, tuple(recorder.records), recorder.activations, tuple(params), tuple(buffers),
-                           recorder.outside, tuple(undone.rolled_back))
+                           recorder.outside, undone.trainable, tuple(undone.rolled_back))
 
 
 def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.GradientEdge] = ()) -> None:
