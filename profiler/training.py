@@ -190,13 +190,15 @@ def _storages(tensors: Sequence[torch.Tensor]) -> dict[int, int]:
 
 
 def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], activations: int,
-                optimizer: str | Callable | None) -> StepMemory:
+                optimizer: str | Callable | None, trainable: Sequence[bool] | None = None) -> StepMemory:
     """The memory of a training step with ``optimizer``: see :class:`StepMemory`. The parameters
     and buffers are the storages they use, each once (two Parameters viewing one storage, a
     buffer viewing a parameter's); the gradients and the optimizer's state are per trainable
     Parameter, as torch allocates them: each Parameter gets a ``.grad`` and a state of its own,
-    even when it shares its storage with another."""
-    trainable = [p for p in params if p.requires_grad]
+    even when it shares its storage with another. ``trainable`` is each parameter's
+    ``requires_grad`` during the step (``model.train()`` may unfreeze a backbone), default now."""
+    flags = [p.requires_grad for p in params] if trainable is None else trainable
+    trainable = [p for p, grad in zip(params, flags, strict=True) if grad]
     if optimizer is None:
         state = 0
     elif callable(optimizer):
@@ -325,6 +327,6 @@ def profile_training(
                       "which lets no backward stop at its inputs; pass such an input detached", UncountedWarning,
                       stacklevel=2)
     warn_uncounted(uncounted)
-    memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer)
+    memory = step_memory(step.parameters, step.buffers, sum(step.activations.values()), optimizer, step.trainable)
     return TrainingResult(step.forward.modules, step.forward.records, step.backward, step.activations, uncounted,
                           memory, compute_dtype(model, args, forward_kwargs))

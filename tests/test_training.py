@@ -793,6 +793,8 @@ def test_requires_grad_that_train_changes_comes_back(raises):
     assert model.backbone.weight.grad is None
     if not raises:  # the step ran as a training loop's after train(): the backbone's weight gradient too
         assert result.layer("backbone").backward.matmul_flops == 2 * 4 * 8 * 8
+        every_weight = 4 * ((8 * 8 + 8) + (8 * 2 + 2))  # float32: the backbone trains in the step, as the head
+        assert result.memory.gradients == every_weight
 
 
 # --- nothing outlives a call
