@@ -377,9 +377,43 @@ def _running(mode: Any) -> bool:
     return any(torch._C._get_dispatch_stack_at(i) is mode for i in range(torch._C._len_torch_dispatch_stack()))
 
 
+class _RandomState:
+    """The global random state (CPU, and CUDA where initialised), saved by the first of the training
+    steps that overlap in time (profiles of different models on several threads) and put back by the
+    last to end: each putting back what it found would leave the state of a draw another profile
+    made meanwhile."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.saved: tuple[torch.Tensor, list[torch.Tensor] | None] | None = None
+
+    def take(self) -> None:
+        with self.lock:
+            if not self.holders:
+                self.saved = (torch.get_rng_state(),
+                              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+            self.holders += 1
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders or self.saved is None:
+                return
+            cpu, cuda = self.saved
+            self.saved = None
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
+
+_random_state = _RandomState()
+
+
 class _StepUndone:
     """The parameters' gradients, the buffers and the global random state as they were before the
-    body, also when it raises, without writing into a tensor another thread may hold.
+    body (the random state: before the first of the training profiles overlapping it on other
+    threads), also when it raises, without writing into a tensor another thread may hold.
 
     The body runs on working copies of the buffers put in the modules' place (BatchNorm's running
     statistics, an observer's statistics even when the forward resizes them), and the original
@@ -414,12 +448,15 @@ class _StepUndone:
                 if buffer is not None and not isinstance(buffer, nn.parameter.UninitializedTensorMixin):
                     self.buffers.append((p.module, name, buffer, prefix + name, ruler))
         self.others: set[str] = set()  # parameters another thread's backward accumulated into meanwhile
+        # on the dispatch stack while the loss runs (autograd's engine carries it into a backward
+        # the loss runs), to tell that backward from another thread's
+        self.loss_marker = AtenCounter(lambda *args: None)
+        self.in_loss: set[str] = set()  # parameters whose gradient a backward run by the loss computed
 
     def __enter__(self) -> _StepUndone:
         self.grads = [p.grad for p in self.params]
         self.trainable = tuple(p.requires_grad for p in self.params)
-        self.cpu_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        _random_state.take()
         copies: dict[int, torch.Tensor] = {}
         self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
         self.held: list[tuple[nn.Parameter, Any]] = []
@@ -469,12 +506,29 @@ class _StepUndone:
         return run
 
     def _watch(self, name: str) -> Callable[[torch.Tensor], None]:
-        counter, others = self.recorder.backward_counter, self.others
+        counter, marker, others, in_loss = self.recorder.backward_counter, self.loss_marker, self.others, self.in_loss
 
         def watch(grad: torch.Tensor) -> None:
-            if not _running(counter):
+            if _running(marker):
+                in_loss.add(name)
+            elif not _running(counter):
                 others.add(name)
         return watch
+
+    @contextmanager
+    def loss_running(self) -> Iterator[None]:
+        """Run the loss; one that ran a backward itself (``loss.backward()`` inside it: the step's
+        backward would count nothing of it, or find the graph freed) raises :class:`LossError`.
+        A gradient it only computes (``torch.autograd.grad``, a gradient penalty) is fine."""
+        with self.loss_marker:
+            yield
+        accumulated = [name for p in self.params if p.grad is not None
+                       and (name := self.names.get(id(p), "?")) in self.in_loss]
+        if accumulated:
+            raise LossError(f"the loss ran a backward itself (it accumulated the gradient of {accumulated[0]!r}"
+                            + (f" and {len(accumulated) - 1} more" if len(accumulated) > 1 else "")
+                            + "): return the loss without calling .backward() on it; profile_training runs and "
+                            "counts the backward")
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
         ran = set(self.recorder.other_threads)
@@ -482,9 +536,7 @@ class _StepUndone:
             self.rolled_back = [f"buffer {qualified!r}" for module, name, original, qualified, layer in self.buffers
                                 if layer in ran and _changed(module._buffers.get(name), original)]
         self.rolled_back += [f"gradient of {name!r}" for name in sorted(self.others)]
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        _random_state.give_back()
         for p, hooks, handle in self.watched:
             handle.remove()
             if hooks is None and not p._backward_hooks:  # as it was, unless a hook came meanwhile
@@ -515,7 +567,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
     The backward does not go past the nodes of ``stop_at`` (the gradient edges of the model's
     inputs, taken before ``call()``): the graph that made the inputs is not run.
 
-    A loss that is not a scalar requiring grad raises :class:`LossError`. An error in the forward
+    A loss that is not a scalar requiring grad, or that runs a backward itself, raises :class:`LossError`. An error in the forward
     is a :class:`CaptureError` naming the layer, as in :func:`hooks.capture.capture_forward`; in
     the loss or the backward, one saying so. A model another profile holds is refused as
     ``attached`` refuses it, before anything runs.
@@ -539,7 +591,7 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                     with torch.autograd.graph.saved_tensors_hooks(recorder.pack_hook, _unpacked):
                         output = call()
                         stage = "loss"
-                        with recorder.loss_in_model(model):
+                        with recorder.loss_in_model(model), undone.loss_running():
                             loss = loss_fn(output)
                         _check_loss(loss)
                     stage = "backward"

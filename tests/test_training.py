@@ -625,6 +625,81 @@ def test_sparse_embedding_gradients_are_counted():
     profile_training(model, (torch.tensor([[1, 2, 3]]),), strict=True)
 
 
+@pytest.mark.parametrize("retain_graph", [False, True])
+def test_a_loss_that_runs_its_own_backward_is_refused(retain_graph):
+    model, x = mlp(), torch.rand(4, 64)
+    earlier = [torch.ones_like(p) for p in model.parameters()]
+    for p, grad in zip(model.parameters(), earlier):
+        p.grad = grad
+    before = snapshot(model)
+
+    def runs_backward(out):
+        loss = out.sum()
+        loss.backward(retain_graph=retain_graph)
+        return loss
+
+    with pytest.raises(ValueError, match="the loss ran a backward itself .*gradient of '0.weight' and 3 more"):
+        profile_training(model, (x,), loss=runs_backward)
+    assert_unchanged(model, before)
+    assert all(p.grad is grad for p, grad in zip(model.parameters(), earlier))
+
+
+def test_a_loss_differentiating_by_the_parameters_is_counted():
+    # a gradient-norm penalty computes the parameters' gradients without accumulating them
+    model, x = mlp(), torch.rand(4, 64)
+
+    def penalised(out):
+        grads = torch.autograd.grad(out.pow(2).sum(), list(model.parameters()), create_graph=True)
+        return out.pow(2).sum() + sum(g.pow(2).sum() for g in grads)
+
+    result = profile_training(model, (x,), loss=penalised)
+    with FlopCounterMode(display=False) as counter:
+        penalised(model(x)).backward()
+    model.zero_grad(set_to_none=True)
+    assert step_matmul(result) == counter.get_total_flops()
+
+
+def test_overlapping_profiles_on_two_threads_give_the_random_state_back():
+    # A draws and waits; B starts, draws and waits; A ends, then B: each putting back the state it
+    # found would leave the one after A's draw
+    import threading
+
+    class Draws(nn.Module):
+        def __init__(self, inside: threading.Event, go: threading.Event):
+            super().__init__()
+            self.fc, self.drop, self.inside, self.go = nn.Linear(4, 4), nn.Dropout(0.5), inside, go
+
+        def forward(self, x):
+            y = self.drop(self.fc(x))
+            self.inside.set()
+            self.go.wait(10)
+            return y
+
+    events = [threading.Event() for _ in range(4)]
+    a, b, x = Draws(*events[:2]), Draws(*events[2:]), torch.rand(2, 4)
+    alone = {}
+    for name, model in (("a", a), ("b", b)):
+        model.go.set()
+        alone[name] = profile_training(model, (x,)).to_dict()
+        model.go.clear()
+    rng, results = torch.get_rng_state(), {}
+
+    def run(name, model):
+        results[name] = profile_training(model, (x,)).to_dict()
+
+    first, second = (threading.Thread(target=run, args=pair) for pair in (("a", a), ("b", b)))
+    first.start()
+    a.inside.wait(10)
+    second.start()
+    b.inside.wait(10)
+    a.go.set()
+    first.join()
+    b.go.set()
+    second.join()
+    assert results == alone
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
 def test_busy_and_inference_mode_errors_say_so():
     model, x = mlp(), torch.rand(4, 64)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
