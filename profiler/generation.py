@@ -40,8 +40,12 @@ __all__ = ["GenerationResult", "GenerationRoofline", "GenerationStep", "cache_by
            "profile_generation"]
 
 _PER_STEP = frozenset({"input_ids", "cache", "past_key_values", "use_cache", "position_ids", "cache_position",
-                       "inputs_embeds", "token_type_ids", "logits_to_keep"})
+                       "inputs_embeds", "logits_to_keep"})
 """Forward arguments that change with every step: refused in ``kwargs``."""
+
+_PER_TOKEN = ("attention_mask", "token_type_ids")
+"""``kwargs`` of the prompt's shape that grow a column a step under ``generate``: the mask with a
+one, the token types with the last column again."""
 
 MAX_PHASE_ROWS = 12
 """Decode steps beyond this many are shown in groups of equal size (every step is in ``steps``)."""
@@ -73,20 +77,43 @@ class GenerationStep(NamedTuple):
         return self.bytes_read + self.bytes_written
 
 
+def _itself(model: nn.Module) -> nn.Module:
+    """The model a ``torch.compile`` wrapper stands for (its forward's signature, config and
+    ``generate`` machinery); any other model as it is."""
+    dynamo = sys.modules.get("torch._dynamo")  # not loaded: nothing can have been compiled
+    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
+        return _itself(model._orig_mod)
+    return model
+
+
 def _parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
-    """The parameters ``model.forward`` takes by name (none where it has no signature)."""
+    """The parameters ``model.forward`` takes (none where it has no signature)."""
     try:
-        return inspect.signature(model.forward).parameters
+        return inspect.signature(_itself(model).forward).parameters
     except (TypeError, ValueError):
         return {}
 
 
+def _takes(parameters: Mapping[str, inspect.Parameter], name: str) -> bool:
+    """Whether a forward with these parameters takes ``name`` by keyword (by name, or ``**kwargs``)."""
+    parameter = parameters.get(name)
+    if parameter is not None:
+        return parameter.kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _signature_text(parameters: Mapping[str, inspect.Parameter]) -> str:
+    """``(input_ids, *args, **kwargs)``: the names a forward takes, as written."""
+    stars = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    return "(" + ", ".join(stars.get(p.kind, "") + p.name for p in parameters.values()) + ")"
+
+
 def _refuse_encoder_decoder(model: nn.Module) -> None:
     """Raise for an encoder-decoder model (its config says so, or its forward takes decoder ids)."""
-    config = getattr(model, "config", None)
+    config = getattr(_itself(model), "config", None)
     if getattr(config, "is_encoder_decoder", False) is True or "decoder_input_ids" in _parameters(model):
         raise TypeError(
-            f"profile_generation does not support encoder-decoder models yet, and {type(model).__name__} is one: "
+            f"profile_generation does not support encoder-decoder models yet, and {type(_itself(model)).__name__} is one: "
             "generate runs its encoder once and then decodes with cross-attention, which profile_generation does "
             "not drive. Profile a decoder-only (causal) language model, or the encoder and one decoder forward "
             "with profile()")
@@ -98,21 +125,25 @@ def _cache_argument(model: nn.Module) -> str:
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
+    name = type(_itself(model)).__name__
     raise TypeError(
-        f"profile_generation needs a causal language model whose forward takes past_key_values (Hugging "
-        f"Face's generate contract); {type(model).__name__}.forward takes ({', '.join(parameters)})")
+        f"profile_generation needs a causal language model whose forward takes its cache by the name "
+        f"past_key_values (Hugging Face's generate contract), and {name}.forward takes "
+        f"{_signature_text(parameters)}: a state under another name, or behind **kwargs, is not one it can "
+        f"drive. Give it the language model itself (a wrapper's inner model), or profile one forward with profile()")
 
 
 def _generation_mixin(model: nn.Module) -> bool:
     """Whether ``model`` generates with Hugging Face's ``generate`` (and so has its
     ``prepare_inputs_for_generation``)."""
     transformers = sys.modules.get("transformers")  # never imported: not one of its models
-    return transformers is not None and isinstance(model, transformers.GenerationMixin)
+    return transformers is not None and isinstance(_itself(model), transformers.GenerationMixin)
 
 
 def _new_cache(model: nn.Module) -> Any:
     """The cache ``generate`` starts from: an empty ``DynamicCache`` for a Hugging Face model that
     takes one, else None (the model makes its own and hands it back)."""
+    model = _itself(model)
     config = getattr(model, "config", None)
     transformers = sys.modules.get("transformers")
     if transformers is None or not isinstance(config, transformers.PretrainedConfig):
@@ -212,8 +243,8 @@ def _first_state(model: nn.Module, generation: bool, input_ids: torch.Tensor, ma
         counted = mask if mask is not None or "attention_mask" not in parameters else torch.ones_like(input_ids)
         state["position_ids"] = _positions(input_ids, counted)
     if generation and "attention_mask" in parameters and (
-            mask is None or (mask.device.type != "meta" and bool((mask == 1).all()))):
-        mask = None  # generate drops a mask of ones once the positions are known: nothing is padded
+            mask is None or mask.device.type == "meta" or bool((mask == 1).all())):
+        mask = None  # generate drops a mask of ones (a meta mask has no values: taken as ones): nothing is padded
     if mask is not None:
         state["attention_mask"] = mask
     if "logits_to_keep" in parameters and not full_logits:
@@ -226,12 +257,13 @@ def _step_inputs(model: nn.Module, generation: bool, ids: torch.Tensor, state: d
     """One forward's keyword arguments: a Hugging Face model's own ``prepare_inputs_for_generation``
     (as ``generate`` calls it), else the new tokens, their positions and ``state`` as it is."""
     if generation:
-        return model.prepare_inputs_for_generation(ids, next_sequence_length=None if first else 1,
+        return _itself(model).prepare_inputs_for_generation(ids, next_sequence_length=None if first else 1,
                                                    is_first_iteration=first, **state)
     tokens = ids if first else ids[:, -1:]
     inputs = {**state, "input_ids": tokens}
-    if "position_ids" in state:
-        inputs["position_ids"] = state["position_ids"][..., -tokens.shape[1]:]
+    for key in ("position_ids", "token_type_ids"):  # one per token: the new tokens' (the mask covers the context)
+        if key in state:
+            inputs[key] = state[key][..., -tokens.shape[1]:]
     return inputs
 
 
@@ -316,34 +348,43 @@ def profile_generation(
         raise TypeError(f"full_logits must be True or False, not {full_logits!r}")
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
+    name = type(_itself(model)).__name__
     _refuse_encoder_decoder(model)
     cache_argument = _cache_argument(model)
+    parameters = _parameters(model)
     extra = dict(kwargs or {})
     taken = sorted(_PER_STEP & set(extra))
     if taken:
         raise ValueError(f"kwargs may not set {', '.join(taken)}: profile_generation sets the ids, the cache and "
                          "use_cache each step, the positions from the attention mask and logits_to_keep as generate "
                          "does (full_logits=True for the logits of every prompt position)")
-    config = getattr(model, "config", None)
+    unknown = [key for key in extra if not _takes(parameters, key)]
+    if unknown:
+        raise TypeError(f"kwargs {', '.join(map(repr, unknown))} would go to every forward, and {name}.forward takes "
+                        f"no such argument: it takes {_signature_text(parameters)}")
+    config = getattr(_itself(model), "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     needed = input_ids.shape[-1] + max_new_tokens - 1
     if isinstance(limit, int) and needed > limit:
         raise ValueError(f"a prompt of {input_ids.shape[-1]} tokens and {max_new_tokens} new ones need {needed} "
-                         f"positions; {type(model).__name__}'s config has {limit}")
+                         f"positions; {name}'s config has {limit}")
     _check_devices(model, (input_ids,), extra)
+    for key in _PER_TOKEN:
+        value = extra.get(key)
+        if value is not None and (not isinstance(value, torch.Tensor) or value.shape != input_ids.shape):
+            raise ValueError(f"{key} must be a tensor of the prompt's shape {list(input_ids.shape)}, not "
+                             + (f"{list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__))
     mask = extra.pop("attention_mask", None)
-    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
-        raise ValueError(f"attention_mask must be a tensor of the prompt's shape {list(input_ids.shape)}, not "
-                         + (f"{list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__))
 
-    name = type(model).__name__
     generation = _generation_mixin(model)
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step
     if own_cache:
         _counted_update(cache)
-    state = _first_state(model, generation, input_ids, mask, {cache_argument: cache, "use_cache": True, **extra},
-                         full_logits)
+    state: dict[str, Any] = {cache_argument: cache, **extra}
+    if _takes(parameters, "use_cache"):
+        state["use_cache"] = True
+    state = _first_state(model, generation, input_ids, mask, state, full_logits)
     if "logits_to_keep" in state:
         note = "The prefill computes the logits of the last prompt position only, as generate does (logits_to_keep=1)."
     elif full_logits:
@@ -379,6 +420,9 @@ def profile_generation(
         if "attention_mask" in state:
             grown = state["attention_mask"]
             state["attention_mask"] = torch.cat([grown, grown.new_ones((batch, 1))], dim=-1)
+        if state.get("token_type_ids") is not None:
+            types = state["token_type_ids"]
+            state["token_type_ids"] = torch.cat([types, types[:, -1:]], dim=-1)
         if "position_ids" in state:
             positions = state["position_ids"]
             state["position_ids"] = torch.cat([positions, positions[..., -1:] + 1], dim=-1)
