@@ -9,8 +9,9 @@ when the forward and the loss are done (a branch the forward discards frees what
 ``torch.utils.checkpoint`` keeps the arguments of the function it will recompute past that hook:
 the keyword ones and tensors inside containers (non-reentrant: in its recompute closure and its
 frame; reentrant: in its autograd node's context), and a ``functools.partial``'s bound ones (Hugging
-Face checkpoints ``partial(forward, layer, **kwargs)``). Those are activations of the layer that
-called ``checkpoint``, each storage once, while the checkpoint that keeps them is still held.
+Face checkpoints ``partial(forward, layer, **kwargs)``); a selective checkpoint also caches the
+outputs its policy saves. Those are activations of the layer that called ``checkpoint``, each
+storage once, while the checkpoint that keeps them is still held.
 
 The backward runs in autograd's engine, where no module hook fires. Every autograd node gets a
 sequence number when the forward creates it, in increasing order, so the module hooks note the
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import CheckpointFunction
 
 from hooks.aten import AtenCounter, aten_rule, op_name
@@ -126,12 +128,18 @@ def _checkpoint_frame(pack: Callable) -> Any:
 def _checkpoint_arguments(frame: Any) -> tuple:
     """What a non-reentrant checkpoint keeps for its recomputation outside the saved-tensor hook:
     the positional arguments that are not tensors (a tensor went through the hook), the keyword
-    arguments and the function, which its ``recompute_fn`` closes over (torch 2.14)."""
+    arguments and the function, which its ``recompute_fn`` closes over, and the outputs a selective
+    checkpoint (``context_fn=create_selective_checkpoint_contexts``) caches instead of recomputing,
+    which bypass saved-tensor hooks: its recompute context's ``storage`` (torch 2.14)."""
     positional = [a for a in getattr(frame, "saved_args", ()) if not isinstance(a, torch._C._autograd.SavedTensor)]
     recompute = getattr(frame, "recompute_fn", None)
     names = getattr(getattr(recompute, "__code__", None), "co_freevars", ())
-    cells = getattr(recompute, "__closure__", None) or ()
-    closed = [cell.cell_contents for name, cell in zip(names, cells) if name in ("kwargs", "fn")]
+    cells = dict(zip(names, getattr(recompute, "__closure__", None) or ()))
+    closed = [cells[name].cell_contents for name in ("kwargs", "fn") if name in cells]
+    context = cells["recompute_context"].cell_contents if "recompute_context" in cells else None
+    storage = getattr(context, "storage", None)  # op key -> its outputs, each wrapped (a _VersionWrapper's val)
+    if isinstance(storage, Mapping):
+        closed += [getattr(wrapped, "val", None) for outputs in storage.values() for wrapped in tree_leaves(outputs)]
     return positional, closed
 
 

@@ -819,6 +819,32 @@ def test_what_a_checkpoint_keeps_is_counted(how, reentrant):
     assert result.layer("proj").own_activation_bytes == 64 * 256 * 4
 
 
+def test_what_a_selective_checkpoint_caches_is_counted():
+    """A selective checkpoint caches the outputs its policy saves (here fc's addmm) past the
+    saved-tensor hooks, for its recomputation to reuse: activations of the layer calling it."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    cached = []
+
+    def policy(ctx, op, *args, **kwargs):
+        if op is not torch.ops.aten.addmm.default:
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if not ctx.is_recompute:
+            cached.append(ctx.op_output)
+        return CheckpointPolicy.MUST_SAVE
+
+    model, x = CheckpointsScaled("keyword", reentrant=False), torch.randn(64, 256)
+    model.checkpoint = functools.partial(checkpoint, context_fn=lambda: create_selective_checkpoint_contexts(policy),
+                                         respect_saved_tensors_hooks=False)
+    result = profile_training(model, (x,))
+    # x, h and scale, as without a policy, and fc's output, cached
+    assert result.activation_bytes == 4 * 64 * 256 * 4
+    cached.clear()
+    kept = passed_to_checkpoint(model, (x,))
+    assert result.activation_bytes == kept + sum(t.untyped_storage().nbytes() for t in cached)
+    assert result.layer("").own_activation_bytes == 3 * 64 * 256 * 4
+
+
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_hugging_face_checkpointing_counts_the_keyword_arguments(reentrant):
     """Hugging Face passes the attention mask, cos/sin and position ids to a checkpointed layer by
