@@ -73,15 +73,15 @@ class Capture:
     ran_nothing: bool = False
     """The model's forward ran no layer and no torch function (it returned a generator, or early)."""
     lazy_output: str = ""
-    """The type of the iterator the forward returned (``generator``, ``map``), if it did: work it
-    was to do when consumed ran after the capture, uncounted."""
+    """The type of the lazy iterator the forward returned (``generator``, ``map``), if it did: the
+    work it does when consumed runs after the capture, uncounted (not an iterator over a container,
+    whose work is done)."""
 
     @property
     def idle(self) -> bool:
         """True when the forward ran nothing at all, or when no layer holding the model's
         parameters ran and no call left a record (no work, uncounted work or copy: at most views)
-        while the model holds parameters or returned an iterator: its layers were skipped, or left
-        to run later. A model of parameter-free layers that ran (``ReLU``, ``Flatten``) is not
+        while the model holds parameters: its layers were skipped. A model of parameter-free layers that ran (``ReLU``, ``Flatten``) is not
         idle: it did no arithmetic, by design."""
         if self.ran_nothing:
             return True
@@ -102,7 +102,7 @@ class Capture:
                 # the model's own record says it ran only when its rule counted it
                 if info.name in called and (info.name or info.rule) or info.covered and ruled in called:
                     return False
-        return holds or bool(self.lazy_output)
+        return holds
 
 
 class RuleError(RuntimeError):
@@ -1012,7 +1012,19 @@ def _capture_once(model: nn.Module, call: Callable[[], Any], resolver: Resolver,
         if recorder.rule_error is not None:  # the forward caught it
             raise recorder.rule_error
         return Capture(_module_infos(planned), tuple(recorder.records), tuple(recorder.other_threads), tuple(notes),
-                       recorder.ran_nothing, type(output).__name__ if isinstance(output, Iterator) else "")
+                       recorder.ran_nothing, _lazy(output))
+
+
+# iterators over a container: what they yield was computed before the forward returned
+_DONE_ITERATORS = frozenset(type(iter(c)) for c in ((), [], range(0), {}, {}.values(), {}.items(), set(), "", b""))
+
+
+def _lazy(output: Any) -> str:
+    """The type's name of an iterator that does its work as it is consumed (a generator, ``map``,
+    ``zip`` of those), else ``""``."""
+    if isinstance(output, Iterator) and type(output) not in _DONE_ITERATORS:
+        return type(output).__name__
+    return ""
 
 
 def record_traffic(name: str, bytes_read: int, bytes_written: int) -> None:

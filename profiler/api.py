@@ -198,7 +198,7 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
         listing = "; ".join(f"{u.kind} {u.name} ×{u.calls} (in {', '.join(repr(n) if n else 'the model' for n in u.layers)})"
                             for u in uncounted)
         raise UncountedError(f"strict=True and these ran without a rule: {listing}")
-    if capture.idle:
+    if capture.idle or capture.lazy_output:
         message = _idle_message(capture)
         if strict:
             raise UncountedError(f"strict=True and {message}")
@@ -217,9 +217,12 @@ def check_counted(capture: Capture, uncounted: Sequence[Uncounted], strict: bool
 
 
 def _idle_message(capture: Capture) -> str:
-    """What an idle forward (:attr:`hooks.capture.Capture.idle`) did, and what to do."""
+    """What an idle forward (:attr:`hooks.capture.Capture.idle`), or one returning a lazy
+    iterator, did, and what to do."""
     if capture.ran_nothing:
         what = "the forward ran no layer and no torch function: nothing was counted"
+    elif not capture.idle:
+        what = "the forward's counts leave out the work of its output"
     else:
         held = sum(info.params for info in capture.modules)
         what = "the forward counted nothing" + (

@@ -30,30 +30,46 @@ class Holding(nn.Module):
         return self.fn(self, x)
 
 
-SKIPPED = [
-    pytest.param(lambda m, x: (m.layer(t) for t in x), "generator", id="generator expression over the input"),
-    pytest.param(lambda m, x: map(m.layer, x), "map", id="map over the input"),
-    pytest.param(lambda m, x: zip(x, map(m.layer, x)), "zip", id="zip over the input"),
-    pytest.param(lambda m, x: x, "", id="the input untouched"),
-    pytest.param(lambda m, x: x[0], "", id="an index of the input"),
-    pytest.param(lambda m, x: x.t(), "", id="a view of the input"),
-    pytest.param(lambda m, x: None, "", id="returns early"),
+NOTHING = "the forward ran no layer and no torch function: nothing was counted"
+SKIPPED_LAYERS = f"the forward counted nothing and ran none of the layers holding the model's {LINEAR_PARAMS:,} parameters"
+SKIPPED = [  # (forward, the lazy output's type, what the warning says happened: iter(x) is a torch call)
+    pytest.param(lambda m, x: (m.layer(t) for t in x), "generator", SKIPPED_LAYERS, id="generator expression over the input"),
+    pytest.param(lambda m, x: map(m.layer, x), "map", SKIPPED_LAYERS, id="map over the input"),
+    pytest.param(lambda m, x: zip(x, map(m.layer, x)), "zip", SKIPPED_LAYERS, id="zip over the input"),
+    pytest.param(lambda m, x: x, "", NOTHING, id="the input untouched"),
+    pytest.param(lambda m, x: x[0], "", SKIPPED_LAYERS, id="an index of the input"),
+    pytest.param(lambda m, x: x.t(), "", SKIPPED_LAYERS, id="a view of the input"),
+    pytest.param(lambda m, x: None, "", NOTHING, id="returns early"),
 ]
 
 
-@pytest.mark.parametrize(("forward", "lazy"), SKIPPED)
-def test_a_forward_that_runs_none_of_its_layers_says_so(forward, lazy):
+@pytest.mark.parametrize(("forward", "lazy", "what"), SKIPPED)
+def test_a_forward_that_runs_none_of_its_layers_says_so(forward, lazy, what):
     model = Holding(forward)
     with pytest.warns(UncountedWarning) as caught:
         result = profile(model, (torch.rand(2, 4),))
     assert result.total_macs == result.total_flops == 0
     message = " ".join(str(w.message) for w in caught)
-    assert "the forward ran no layer" in message or f"the model's {LINEAR_PARAMS:,} parameters" in message
+    assert message.startswith(what)
     if lazy:
         assert f"it returned a {lazy}, whose work runs only when it is consumed" in message
         assert "consume it inside forward" in message
     with pytest.raises(UncountedError, match="strict=True and the forward"):
         profile(model, (torch.rand(2, 4),), strict=True)
+
+
+@pytest.mark.parametrize("forward", [
+    pytest.param(lambda m, x: (m.layer(t) for t in x * 2), id="generator over computed work"),
+    pytest.param(lambda m, x: map(m.layer, F.normalize(x)), id="map over computed work"),
+    pytest.param(lambda m, x: (m.layer(t) for t in m.layer(x)), id="generator after a layer ran"),
+])
+def test_a_lazy_output_says_so_when_other_work_was_counted(forward):
+    model, x = Holding(forward), torch.rand(2, 4)
+    with pytest.warns(UncountedWarning, match="leave out the work of its output; it returned a") as caught:
+        result = profile(model, (x,))
+    assert "consume it inside forward" in str(caught[0].message)
+    consumed = Holding(lambda m, x: tuple(forward(m, x)))
+    assert result.total_flops < profile(consumed, (x,)).total_flops  # what the lazy output left out
 
 
 def test_a_parameter_free_model_returning_a_generator_says_so():
