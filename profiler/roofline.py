@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -95,7 +96,7 @@ def _figure(value: Any, what: str) -> float | None:
     try:
         figure = float(value)
     except OverflowError:
-        raise ValueError(f"{what} is too large to be a float (an integer of {len(str(abs(int(value))))} digits); "
+        raise ValueError(f"{what} is too large to be a float (above {sys.float_info.max:.1e}); "
                          "give a finite figure such as 989.4e12") from None
     return figure if math.isfinite(figure) and figure > 0 else None
 
@@ -115,7 +116,26 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 
 # Dense (no 2:4 sparsity) peaks and memory bandwidth from the vendors' published figures. Where a
 # datasheet quotes only "with sparsity" figures, the dense ones are half of them.
-DEVICES: Mapping[str, Device] = MappingProxyType({
+class _Table(Mapping):
+    """A read-only mapping that copies and pickles (a ``MappingProxyType`` does neither)."""
+
+    def __init__(self, items: Mapping[str, Device]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Device:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+DEVICES: Mapping[str, Device] = _Table({
     # NVIDIA A100 Tensor Core GPU datasheet (2021), SXM4 80GB column
     "A100-SXM4-80GB": Device("A100-SXM4-80GB", {
         "float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12, "float16": 312e12, "int8": 624e12,
