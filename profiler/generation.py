@@ -352,7 +352,7 @@ def profile_generation(
     _refuse_encoder_decoder(model)
     cache_argument = _cache_argument(model)
     parameters = _parameters(model)
-    extra = dict(kwargs or {})
+    extra = {key: value for key, value in (kwargs or {}).items() if not (key in _PER_TOKEN and value is None)}
     taken = sorted(_PER_STEP & set(extra))
     if taken:
         raise ValueError(f"kwargs may not set {', '.join(taken)}: profile_generation sets the ids, the cache and "

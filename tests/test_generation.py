@@ -576,3 +576,86 @@ def test_a_forward_the_capture_runs_again_starts_from_the_cache_before_it(monkey
                          return_dict_in_generate=True)
     assert torch.equal(result.tokens, out.sequences[:, PROMPT.shape[1]:])
     assert result.kv_cache_bytes == held_bytes(out.cache)
+
+
+class TupleCacheNoUseCacheLM(TupleCacheLM):
+    """A forward that takes no use_cache (it always returns its cache)."""
+
+    def forward(self, input_ids, past_key_values=None):
+        return super().forward(input_ids, past_key_values)
+
+
+class KwargsOnlyLM(TupleCacheLM):
+    def forward(self, **kwargs):
+        return super().forward(kwargs["input_ids"], kwargs.get("past_key_values"))
+
+
+class TestWhatTheForwardTakes:
+    """Each forward gets only what it takes; what it cannot take is refused before it runs."""
+
+    def test_a_forward_without_use_cache_is_not_given_one(self):
+        """Nor a mask or token types of None, which generate takes as none given."""
+        model = TupleCacheNoUseCacheLM().eval()
+        same = TupleCacheLM().eval()
+        same.load_state_dict(model.state_dict())
+        prompt = torch.tensor([[1, 2, 3, 4]])
+        result = generated(model, prompt, new=3, kwargs={"attention_mask": None, "token_type_ids": None})
+        expected = generated(same, prompt, new=3)
+        assert torch.equal(result.tokens, expected.tokens)
+        assert [(p.matmul_flops, p.kv_cache_bytes) for p in result.phases] == [
+            (p.matmul_flops, p.kv_cache_bytes) for p in expected.phases]
+
+    @pytest.mark.parametrize(("model", "kwargs", "message"), [
+        pytest.param(TupleCacheLM, {"attention_mask": torch.ones(1, 3, dtype=torch.long)},
+                     r"kwargs 'attention_mask' would go to every forward, and TupleCacheLM.forward takes no such "
+                     r"argument: it takes \(input_ids, past_key_values, use_cache\)", id="mask"),
+        pytest.param(TupleCacheLM, {"scale": 2.0, "attention_mask": None}, "kwargs 'scale' would go to every forward,",
+                     id="other"),
+        pytest.param(KwargsOnlyLM, {}, r"KwargsOnlyLM.forward takes \(\*\*kwargs\): a state under another name, or "
+                                       r"behind \*\*kwargs, is not one it can drive", id="kwargs-only"),
+    ])
+    def test_refused_before_any_forward_runs(self, model, kwargs, message):
+        model = model().eval()
+        ran = []
+        handle = model.register_forward_pre_hook(lambda *_: ran.append(1))
+        with pytest.raises(TypeError, match=message):
+            profile_generation(model, torch.tensor([[1, 2, 3]]), max_new_tokens=2, kwargs=kwargs)
+        handle.remove()
+        assert not ran
+
+    @pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)` when there are global hooks")
+    def test_a_compiled_model_counts_as_the_model_it_wraps(self):
+        model = llama()
+        compiled = torch.compile(model, backend="eager")
+        mask = PADDED_MASK[:2, :5]
+        plain = generated(model, PADDED[:2, :5], kwargs={"attention_mask": mask})
+        result = generated(compiled, PADDED[:2, :5], kwargs={"attention_mask": mask})
+        assert torch.equal(result.tokens, plain.tokens)
+        assert [(p.matmul_flops, p.kv_cache_bytes) for p in result.phases] == [
+            (p.matmul_flops, p.kv_cache_bytes) for p in plain.phases]
+        assert result.prefill_logits == "last"
+        with pytest.raises(ValueError, match="LlamaForCausalLM's config has 64"):
+            profile_generation(compiled, PROMPT, max_new_tokens=64)
+
+    def test_token_type_ids_grow_as_generate_grows_them(self):
+        """GPT-2 embeds token types with its token embedding: types that change the tokens."""
+        model = gpt2()
+        types = torch.randint(0, 100, PROMPT.shape, generator=torch.Generator().manual_seed(2))
+        result = generated(model, kwargs={"token_type_ids": types})
+        tokens, flops = generate_per_forward(model, PROMPT, NEW, token_type_ids=types)
+        assert torch.equal(result.tokens, tokens)
+        assert not torch.equal(result.tokens, generated(model).tokens)
+        assert [p.matmul_flops for p in result.phases] == flops
+        with pytest.raises(ValueError, match=r"token_type_ids must be a tensor of the prompt's shape \[2, 7\]"):
+            profile_generation(model, PROMPT, max_new_tokens=2, kwargs={"token_type_ids": types[:, :3]})
+
+    def test_a_meta_mask_has_no_values_and_counts_as_ones(self):
+        """A mask on the meta device cannot say which tokens are padding: taken as generate takes a
+        mask of ones (dropped), where a model's own mask code would need its values."""
+        with torch.device("meta"):
+            model = llama().to("meta")
+        prompt = torch.zeros(PROMPT.shape, dtype=torch.long, device="meta")
+        masked = profile_generation(model, prompt, max_new_tokens=3, kwargs={"attention_mask": torch.ones_like(prompt)})
+        plain = profile_generation(model, prompt, max_new_tokens=3)
+        assert [(p.flops, p.bytes, p.kv_cache_bytes) for p in masked.phases] == [
+            (p.flops, p.bytes, p.kv_cache_bytes) for p in plain.phases]
