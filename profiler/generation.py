@@ -209,7 +209,7 @@ def cache_bytes(cache: Any) -> int:
     return traffic(cache_tensors(cache), {})
 
 
-def _output_parts(out: Any, cache_argument: str) -> tuple[torch.Tensor, Any]:
+def _output_parts(out: Any, cache_argument: str, name: str) -> tuple[torch.Tensor, Any]:
     """``(logits, cache)`` of a forward's output: a ``ModelOutput``, a dict or a tuple."""
     if isinstance(out, Mapping):
         logits = out.get("logits")
@@ -221,8 +221,10 @@ def _output_parts(out: Any, cache_argument: str) -> tuple[torch.Tensor, Any]:
     else:
         logits, cache = out, None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise TypeError("profile_generation needs a forward that returns logits of shape [batch, tokens, vocab] "
-                        f"(as .logits or first), not {type(out).__name__}")
+        got = type(out).__name__ + (f" with no logits (it has {', '.join(out)})" if isinstance(out, Mapping) else "")
+        raise TypeError(f"profile_generation needs a forward that returns logits of shape [batch, tokens, vocab] (as "
+                        f".logits or first), and {name}.forward returned {got}: give it the model with its language "
+                        "modelling head (a ...ForCausalLM), not the base model")
     return logits, cache
 
 
@@ -403,7 +405,7 @@ def profile_generation(
         fed = inputs["input_ids"].shape[1]
         before = context - fed
         capture, output = _run(model, inputs, resolver, state[cache_argument], before)
-        logits, returned = _output_parts(output, cache_argument)
+        logits, returned = _output_parts(output, cache_argument, name)
         if returned is not None:
             state[cache_argument] = returned
         if number == 0 and not cache_tensors(state[cache_argument]):

@@ -659,3 +659,9 @@ class TestWhatTheForwardTakes:
         plain = profile_generation(model, prompt, max_new_tokens=3)
         assert [(p.flops, p.bytes, p.kv_cache_bytes) for p in masked.phases] == [
             (p.flops, p.bytes, p.kv_cache_bytes) for p in plain.phases]
+
+    def test_a_base_model_without_a_head_is_named(self):
+        model = llama().model
+        with pytest.raises(TypeError, match=r"LlamaModel.forward returned BaseModelOutputWithPast with no logits "
+                                            r"\(it has last_hidden_state, .*\): give it the model with its language"):
+            profile_generation(model, PROMPT, max_new_tokens=2)
