@@ -17,6 +17,7 @@ copying the whole cache at every step; that copy is not counted, the write of th
 
 from __future__ import annotations
 
+import copy
 import html
 import inspect
 import sys
@@ -155,6 +156,25 @@ def _new_cache(model: nn.Module) -> Any:
         return transformers.DynamicCache(config=config.get_text_config(decoder=True))
     except TypeError:  # transformers 4: the layers are made as they fill
         return transformers.DynamicCache()
+
+
+def _logits_processors(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> Any:
+    """What greedy ``generate`` does to the logits before its argmax, from the model's generation config
+    (forced first and last tokens, repetition penalties, suppressed tokens), or None where there is
+    nothing to do. As under ``eos_token_id=None``: nothing stops generation, so nothing holds an end
+    token back. None on the meta device, whose logits have no values to change."""
+    model = _itself(model)
+    config = getattr(model, "generation_config", None)
+    get = getattr(model, "_get_logits_processor", None)  # generate's own (private) builder
+    if config is None or get is None or input_ids.device.type == "meta":
+        return None
+    config = copy.deepcopy(config)
+    config.do_sample, config.num_beams, config.eos_token_id = False, 1, None
+    config.max_length = input_ids.shape[1] + max_new_tokens
+    config.max_new_tokens = max_new_tokens
+    processors = get(generation_config=config, input_ids_seq_length=input_ids.shape[1], encoder_input_ids=input_ids,
+                     device=input_ids.device, model_kwargs={})
+    return processors or None
 
 
 def _counted_update(cache: Any) -> None:
@@ -379,6 +399,7 @@ def profile_generation(
     mask = extra.pop("attention_mask", None)
 
     generation = _generation_mixin(model)
+    processors = _logits_processors(model, input_ids, max_new_tokens) if generation else None
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step
     if own_cache:
@@ -416,7 +437,10 @@ def profile_generation(
                 "or the second output) when use_cache=True")
         captures.append(capture)
         steps.append(_step(number, fed, context, capture, state[cache_argument]))
-        new = logits[:, -1, :].argmax(-1, keepdim=True).to(input_ids.dtype)
+        scores = logits[:, -1, :]
+        if processors is not None:  # as generate, on float32 scores; outside the capture: not the model's work
+            scores = processors(ids, scores.float())
+        new = scores.argmax(-1, keepdim=True).to(input_ids.dtype)
         ids = torch.cat([ids, new], dim=1)
         context += 1
         if "attention_mask" in state:

@@ -665,3 +665,22 @@ class TestWhatTheForwardTakes:
         with pytest.raises(TypeError, match=r"LlamaModel.forward returned BaseModelOutputWithPast with no logits "
                                             r"\(it has last_hidden_state, .*\): give it the model with its language"):
             profile_generation(model, PROMPT, max_new_tokens=2)
+
+
+class TestTheGenerationConfigsLogitsProcessors:
+    """generate changes the logits before its argmax as the model's generation config says: so does
+    profile_generation, and the tokens stay generate's."""
+
+    @pytest.mark.parametrize("settings", [
+        pytest.param({"no_repeat_ngram_size": 1, "repetition_penalty": 5.0}, id="no-repeats"),
+        pytest.param({"forced_bos_token_id": 3, "forced_eos_token_id": 4}, id="forced-first-and-last"),
+        pytest.param({"suppress_tokens": list(range(50))}, id="suppressed"),
+    ])
+    def test_tokens_as_generates(self, settings):
+        model = llama()
+        plain = generated(model, PADDED, kwargs={"attention_mask": PADDED_MASK})
+        model.generation_config.update(**settings)
+        result = generated(model, PADDED, kwargs={"attention_mask": PADDED_MASK})
+        tokens, flops = generate_per_forward(model, PADDED, NEW, attention_mask=PADDED_MASK)
+        assert torch.equal(result.tokens, tokens) and not torch.equal(result.tokens, plain.tokens)
+        assert [p.matmul_flops for p in result.phases] == flops == [p.matmul_flops for p in plain.phases]
