@@ -160,10 +160,19 @@ def default_loss(output: Any) -> torch.Tensor:
     own = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if isinstance(own, torch.Tensor) and own.requires_grad:
         return own
-    tensors = [t for t in tensors_in(output) if t.is_floating_point() and t.requires_grad]
+    found = list(tensors_in(output))
+    tensors = [t for t in found if t.is_floating_point() and t.requires_grad]
     if not tensors:
-        raise LossError("the model's output holds no floating-point tensor that requires grad, so there is no "
-                        "backward to count: is every parameter frozen? Or pass loss=lambda output: ...")
+        if not found:  # a type the search does not open: a plain object holding tensors in attributes
+            why = (f"the model's output ({type(output).__name__}) holds no tensor the default loss can find: it "
+                   "searches tuples, lists, mappings, dataclasses and types registered with torch.utils._pytree.")
+        elif not any(t.is_floating_point() for t in found):
+            kinds = ", ".join(sorted({str(t.dtype).removeprefix("torch.") for t in found}))
+            why = f"the model's output holds no floating-point tensor (only {kinds}), so nothing has a gradient."
+        else:
+            why = ("the model's output holds no floating-point tensor that requires grad, so there is no backward "
+                   "to count: is every parameter frozen?")
+        raise LossError(f"{why} Pass loss=lambda output: ... giving the scalar to differentiate")
     loss = tensors[0].sum()
     for tensor in tensors[1:]:
         loss = loss + tensor.sum()

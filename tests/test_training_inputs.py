@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import types
 import warnings
 from typing import Any, NamedTuple
 
@@ -348,6 +349,18 @@ class TestOutputContainers:
         model = TwoHeads(lambda y, z: Out(y.detach(), z.detach()))
         with pytest.raises(LossError, match="holds no floating-point tensor that requires grad"):
             profile_training(model, (torch.rand(3, 8),))
+
+    @pytest.mark.parametrize(("wrap", "says"), [
+        pytest.param(lambda y, z: types.SimpleNamespace(y=y, z=z), r"output \(SimpleNamespace\) holds no tensor the default "
+                     r"loss can find: it searches tuples", id="plain object"),
+        pytest.param(lambda y, z: (y.argmax(-1), y > 0), r"no floating-point tensor \(only bool, int64\)", id="integers"),
+    ])
+    def test_an_output_the_default_loss_cannot_use_says_why(self, wrap, says):
+        model = TwoHeads(wrap)
+        before = snapshot(model)
+        with pytest.raises(LossError, match=says + ".* Pass loss=lambda output"):
+            profile_training(model, (torch.rand(3, 8),))
+        assert_unchanged(model, before)
 
     def test_a_type_registered_with_pytree_is_searched(self):
         from torch.utils import _pytree as pytree
