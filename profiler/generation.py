@@ -8,7 +8,10 @@ is given what ``generate`` gives it: a Hugging Face model builds its inputs with
 ``prepare_inputs_for_generation`` (so each family's handling of the mask, such as Mamba's
 dropping it after the prefill, is its own), positions count the attention mask's ones, an
 all-ones mask is dropped, and ``logits_to_keep=1`` where the forward takes it, so the prefill
-computes the logits of the last position only. Encoder-decoder models are refused.
+computes the logits of the last position only. The next token is the argmax after the logits
+processors the model's generation config asks ``generate`` for (forced tokens, repetition
+penalties, suppressed tokens). A ``torch.compile`` wrapper is read through the model it wraps.
+Encoder-decoder models are refused.
 
 The KV cache is taken as preallocated, as a serving engine keeps it: a step writes its new keys
 and values and its attention reads the whole cache. ``DynamicCache`` concatenates instead,
@@ -348,9 +351,12 @@ def profile_generation(
 
     ``model`` is a causal language model that takes its cache by keyword (``past_key_values``, or
     ``cache`` in transformers 5) and returns logits and the cache; encoder-decoder models are
-    refused. ``kwargs`` go to every forward; an ``attention_mask`` (left padding) sets the
-    positions and grows by one column a step, as under ``generate``. Each forward gets what
-    ``generate(do_sample=False, max_new_tokens=N)`` gives it and the tokens are the ones it picks,
+    refused, and so are ``kwargs`` the forward takes no argument for. ``kwargs`` go to every
+    forward; an ``attention_mask`` (left padding) sets the positions and grows by one column a
+    step, and ``token_type_ids`` grow by their last column, as under ``generate`` (a mask on the
+    meta device has no values: it counts as a mask of ones). Each forward gets what
+    ``generate(do_sample=False, max_new_tokens=N)`` gives it (``use_cache=True`` where it takes
+    it, even where the model's config turns the cache off) and the tokens are the ones it picks,
     with no stopping at an end token. The prefill computes the logits of the last position only
     where the forward takes ``logits_to_keep``, as ``generate`` does; ``full_logits=True`` computes
     them at every prompt position, as a plain call of the model does. The model runs in eval mode
