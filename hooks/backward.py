@@ -696,6 +696,9 @@ def _check_loss(loss: Any) -> None:
     if not loss.requires_grad:
         raise LossError("the loss does not require grad: every parameter is frozen (requires_grad=False) and no "
                         "input requires grad, or the loss was computed without grad; there is no backward to count")
+    if loss.grad_fn is None:
+        raise LossError("the loss is a leaf tensor (no operation made it), so it depends on nothing the model "
+                        "computed and its backward runs nothing; compute it from the model's output")
 
 
 def _unpacked(tensor: torch.Tensor) -> torch.Tensor:

@@ -353,6 +353,8 @@ def test_errors_name_the_problem():
         profile_training(model, (x,), loss="mse")
     with pytest.raises(CaptureError, match="the loss raised IndexError"):
         profile_training(model, (x,), loss=lambda out: out["logits"])
+    with pytest.raises(ValueError, match="the loss is a leaf tensor .*compute it from the model's output"):
+        profile_training(model, (x,), loss=lambda out: torch.zeros((), requires_grad=True))
 
 
 def test_a_training_profile_holds_the_model_alone():
