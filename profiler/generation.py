@@ -117,7 +117,8 @@ def _refuse_encoder_decoder(model: nn.Module) -> None:
     config = getattr(_itself(model), "config", None)
     if getattr(config, "is_encoder_decoder", False) is True or "decoder_input_ids" in _parameters(model):
         raise TypeError(
-            f"profile_generation does not support encoder-decoder models yet, and {type(_itself(model)).__name__} is one: "
+            f"profile_generation does not support encoder-decoder models yet, and {type(_itself(model)).__name__} is "
+            "one: "
             "generate runs its encoder once and then decodes with cross-attention, which profile_generation does "
             "not drive. Profile a decoder-only (causal) language model, or the encoder and one decoder forward "
             "with profile()")
@@ -354,10 +355,10 @@ def profile_generation(
     refused, and so are ``kwargs`` the forward takes no argument for. ``kwargs`` go to every
     forward; an ``attention_mask`` (left padding) sets the positions and grows by one column a
     step, and ``token_type_ids`` grow by their last column, as under ``generate`` (a mask on the
-    meta device has no values: it counts as a mask of ones). Each forward gets what
-    ``generate(do_sample=False, max_new_tokens=N)`` gives it (``use_cache=True`` where it takes
-    it, even where the model's config turns the cache off) and the tokens are the ones it picks,
-    with no stopping at an end token. The prefill computes the logits of the last position only
+    meta device has no values: a Hugging Face model gets none, as for a mask of ones). Each
+    forward gets what ``generate(do_sample=False, max_new_tokens=N)`` gives it (``use_cache=True``
+    where it takes it, even where the model's config turns the cache off) and the tokens are the
+    ones it picks, with no stopping at an end token. The prefill computes the logits of the last position only
     where the forward takes ``logits_to_keep``, as ``generate`` does; ``full_logits=True`` computes
     them at every prompt position, as a plain call of the model does. The model runs in eval mode
     without grad and comes back as it was. ``strict=True`` raises :class:`UncountedError` if
