@@ -400,6 +400,8 @@ def profile_generation(
     _check_devices(model, (input_ids,), extra)
     for key in _PER_TOKEN:
         value = extra.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 1:  # [tokens], as the prompt may be
+            value = extra[key] = value.unsqueeze(0)
         if value is not None and (not isinstance(value, torch.Tensor) or value.shape != input_ids.shape):
             raise ValueError(f"{key} must be a tensor of the prompt's shape {list(input_ids.shape)}, not "
                              + (f"{list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__))

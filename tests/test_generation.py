@@ -649,6 +649,14 @@ class TestWhatTheForwardTakes:
         with pytest.raises(ValueError, match=r"token_type_ids must be a tensor of the prompt's shape \[2, 7\]"):
             profile_generation(model, PROMPT, max_new_tokens=2, kwargs={"token_type_ids": types[:, :3]})
 
+    def test_a_prompt_of_one_row_and_its_mask_may_be_1d(self):
+        model = gpt2()
+        mask = PADDED_MASK[1]
+        flat = generated(model, PADDED[1], kwargs={"attention_mask": mask, "token_type_ids": PADDED[1]})
+        rows = generated(model, PADDED[1:2], kwargs={"attention_mask": mask[None], "token_type_ids": PADDED[1:2]})
+        assert torch.equal(flat.tokens, rows.tokens)
+        assert [p.matmul_flops for p in flat.phases] == [p.matmul_flops for p in rows.phases]
+
     def test_a_meta_mask_has_no_values_and_counts_as_ones(self):
         """A mask on the meta device cannot say which tokens are padding: taken as generate takes a
         mask of ones (dropped), where a model's own mask code would need its values."""
