@@ -539,12 +539,12 @@ class _StepUndone:
                             "counts the backward")
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
+        _random_state.give_back()  # first: a hold never given back would stop every later restore
         ran = set(self.recorder.other_threads)
         if ran:
             self.rolled_back = [f"buffer {qualified!r}" for module, name, original, qualified, layer in self.buffers
                                 if layer in ran and _changed(module._buffers.get(name), original)]
         self.rolled_back += [f"gradient of {name!r}" for name in sorted(self.others)]
-        _random_state.give_back()
         for p, hooks, handle in self.watched:
             handle.remove()
             if hooks is None and not p._backward_hooks:  # as it was, unless a hook came meanwhile
