@@ -430,6 +430,7 @@ def profile_generation(
     steps: list[GenerationStep] = []
     ids = input_ids
     batch, context = input_ids.shape
+    lengths: list[int | None] = []  # the cache's own count of its tokens after each step, where it keeps one
     for number in range(max_new_tokens):
         inputs = _step_inputs(model, generation, ids, state, number == 0)
         fed = inputs["input_ids"].shape[1]
@@ -446,6 +447,9 @@ def profile_generation(
                 "or the second output) when use_cache=True")
         captures.append(capture)
         steps.append(_step(number, fed, context, capture, state[cache_argument]))
+        if number:
+            _check_continued(name, cache_argument, steps[-2:], state[cache_argument], lengths)
+        lengths.append(_seq_length(state[cache_argument]))
         scores = logits[:, -1, :]
         if processors is not None:  # as generate, on float32 scores; outside the capture: not the model's work
             scores = processors(ids, scores.float())
@@ -469,6 +473,36 @@ def profile_generation(
     dtype = compute_dtype(model, (), extra)
     return GenerationResult(captures, steps, ids[:, input_ids.shape[1]:], dtype,
                             prefill_logits="last" if "logits_to_keep" in state else "all", note=note)
+
+
+def _seq_length(cache: Any) -> int | None:
+    """The tokens a cache says it holds (``get_seq_length()``), None where it keeps no count."""
+    counted = getattr(cache, "get_seq_length", None)
+    if not callable(counted):
+        return None
+    try:
+        length = counted()
+    except Exception:  # a cache of another library's, whose count needs arguments or a layer
+        return None
+    return length if isinstance(length, int) else None
+
+
+def _check_continued(name: str, cache_argument: str, steps: Sequence[GenerationStep], cache: Any,
+                     lengths: Sequence[int | None]) -> None:
+    """Raise when a decode step did not continue from the cache it was given: the cache it left
+    holds fewer bytes than before (a fresh one), or counts no more tokens than before (it was not
+    written). A cache that stops growing (a sliding window, a state-space state) keeps its bytes."""
+    before, after = steps
+    length = _seq_length(cache)
+    shrank = after.kv_cache_bytes < before.kv_cache_bytes
+    stalled = lengths[-1] and length is not None and length <= lengths[-1]
+    if shrank or stalled:
+        what = (f"holds {after.kv_cache_bytes:,} bytes where the cache it was given held {before.kv_cache_bytes:,}"
+                if shrank else f"counts {length} tokens, as many as before it")
+        raise TypeError(
+            f"{name}.forward takes {cache_argument} but does not continue from it: after decode step {after.step} "
+            f"the cache {what}, so each decode step sees only its new token. profile_generation needs a forward "
+            f"that reads {cache_argument} and returns it grown (as .{cache_argument} or the second output)")
 
 
 class GenerationResult:

@@ -520,6 +520,42 @@ def test_a_model_that_returns_no_cache_is_refused(cls):
         profile_generation(cls().eval(), torch.tensor([[1, 2, 3]]), max_new_tokens=3)
 
 
+class FreshCacheLM(TupleCacheLM):
+    """Takes past_key_values and never reads it: returns a new cache of the tokens it was fed."""
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        return super().forward(input_ids, None, use_cache)
+
+
+class WritesOnceLM(nn.Module):
+    """Takes a Hugging Face cache and fills it in the prefill only: a decode step leaves it as it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(50, 16), nn.Linear(16, 50)
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        h = self.embed(input_ids)
+        if past_key_values.get_seq_length() == 0:
+            past_key_values.update(h[:, None], h[:, None], 0)
+        return self.head(h), past_key_values
+
+
+@pytest.mark.parametrize(("model", "what"), [
+    pytest.param(FreshCacheLM(), f"holds {2 * 1 * 16 * 4:,} bytes where the cache it was given held {2 * 3 * 16 * 4:,}",
+                 id="a fresh cache each step"),
+    pytest.param(WritesOnceLM(), "counts 3 tokens, as many as before it", id="a cache it stops writing"),
+])
+def test_a_model_that_does_not_continue_from_its_cache_is_refused(model, what):
+    prompt = torch.tensor([[1, 2, 3]])
+    if isinstance(model, WritesOnceLM):
+        model.config = transformers.LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=1, vocab_size=50)
+    with pytest.raises(TypeError) as info:
+        profile_generation(model.eval(), prompt, max_new_tokens=3)
+    assert f"{type(model).__name__}.forward takes past_key_values but does not continue from it: after decode step 1 " \
+        f"the cache {what}" in str(info.value)
+
+
 def _live_tensors() -> int:
     gc.collect()
     return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
