@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hooks import REGISTRY, Counts, Registry
-from profiler import CaptureError, RuleError, UncountedError, UncountedWarning, profile
+from profiler import CaptureError, Device, RuleError, UncountedError, UncountedWarning, profile, profile_generation
 from profiler.units import clever_format, format_count
 
 
@@ -41,6 +41,27 @@ with torch.device("meta"):
     META_LINEAR = nn.Linear(4, 4)
 
 X = torch.rand(2, 4)
+IDS = torch.tensor([[1, 2, 3]])
+
+
+class Seq2Seq(nn.Module):
+    """An encoder-decoder's signature: the forward takes decoder ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 4), nn.Linear(4, 10)
+
+    def forward(self, input_ids, decoder_input_ids=None, past_key_values=None):
+        return self.head(self.embed(input_ids)), past_key_values
+
+
+class Forgetful(Seq2Seq):
+    """Takes past_key_values and returns a new cache of the tokens it was fed."""
+
+    def forward(self, input_ids, past_key_values=None):
+        h = self.embed(input_ids)
+        return self.head(h), ((h, h),)
+
 
 ROWS = [
     pytest.param(lambda: profile(nn.Linear, X), TypeError,
@@ -93,6 +114,16 @@ ROWS = [
                  "sort_by='time' needs timings: profile(..., measure_time=True)", id="time without timings"),
     pytest.param(lambda: profile(nn.Linear(4, 4), X).table(layer="encoder"), ValueError,
                  "no layer named 'encoder'", id="unknown layer"),
+    pytest.param(lambda: profile_generation(Seq2Seq(), IDS, max_new_tokens=2), TypeError,
+                 "profile_generation does not support encoder-decoder models yet, and Seq2Seq is one",
+                 id="generation of an encoder-decoder model"),
+    pytest.param(lambda: profile_generation(Forgetful(), IDS, max_new_tokens=2), TypeError,
+                 "Forgetful.forward takes past_key_values but does not continue from it: after decode step 1 the cache "
+                 f"holds {1 * 4 * 4:,} bytes where the cache it was given held {3 * 4 * 4:,}",  # (h, h): one memory
+                 id="generation with a forward that does not continue from its cache"),
+    pytest.param(lambda: Device("toy", [1e12], bandwidth=1e12), TypeError,
+                 "flops must be a mapping of dtype name to peak FLOP/s, e.g. {'bfloat16': 989e12}, not list",
+                 id="a device's flops not a mapping"),
 ]
 
 
