@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="profile greedy generation of N tokens after a prompt of token ids of --input-size "
                         "(batch,tokens): the prefill, then each decode step with a KV cache (csv: the decode "
                         "steps' layers)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="with --generate: the prefill computes the logits of every prompt position, as a plain "
+                        "call of the model does (default: the last one's, as generate does)")
     parser.add_argument("--roofline", metavar="DEVICE",
                         help=f"estimate each layer's time on DEVICE by the roofline model: {', '.join(DEVICES)}")
     parser.add_argument("--roofline-dtype", metavar="DTYPE",
@@ -248,6 +251,8 @@ def run(argv: Sequence[str] | None = None) -> str:
             raise UsageError(f"--generate {args.generate} must be at least 1")
         if len(sizes) != 1 or len(sizes[0]) != 2:
             raise UsageError("--generate takes one --input-size, the prompt's batch,tokens (e.g. 1,32)")
+    if args.full_logits and args.generate is None:
+        raise UsageError("--full-logits goes with --generate")
     if args.roofline_dtype is not None and args.roofline is None:
         raise UsageError("--roofline-dtype goes with --roofline")
     if args.roofline is not None:
@@ -317,7 +322,7 @@ def _generation(model: nn.Module, args: argparse.Namespace, size: tuple[int, ...
     estimated times in both)."""
     device = next((p.device for p in model.parameters()), torch.device(args.device))
     prompt = torch.zeros(size, dtype=dtype or torch.long, device=device)
-    result = profile_generation(model, prompt, max_new_tokens=args.generate)
+    result = profile_generation(model, prompt, max_new_tokens=args.generate, full_logits=args.full_logits)
     if args.format == "json":
         report = result if args.roofline is None else result.roofline(args.roofline, args.roofline_dtype)
         return json.dumps(report.to_dict(), indent=2)

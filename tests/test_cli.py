@@ -521,6 +521,7 @@ def test_reader_leaving_early_is_quiet(in_workdir):
 GPT2_TINY = ["transformers:GPT2LMHeadModel", "--config", "transformers:GPT2Config", "n_layer=1", "n_embd=32", "n_head=2",
              "vocab_size=50", "n_positions=32"]
 GENERATE_JSON = flag_run(*GPT2_TINY, "--input-size", "2,5", "--generate", "3", "--format", "json")
+GENERATE_FULL_LOGITS = flag_run(*GENERATE_JSON, "--full-logits")
 GENERATE_ROOFLINE = flag_run(*GPT2_TINY, "--input-size", "1,5", "--generate", "3", "--roofline", "L4", "--depth", "1")
 ROOFLINE_JSON = flag_run(*NET, "--roofline", "H100-SXM5", "--roofline-dtype", "tf32", "--format", "json")
 
@@ -536,6 +537,14 @@ def test_generate_json_is_profile_generation(capsys):
                                   max_new_tokens=3)
     assert data["totals"]["flops"] == expected.total_flops
     assert [p["context"] for p in data["phases"]] == [5, 6, 7]
+
+
+def test_full_logits_counts_the_head_at_every_prompt_position(capsys):
+    last = json.loads(cli_ok(GENERATE_JSON, capsys))
+    every = json.loads(cli_ok(GENERATE_FULL_LOGITS, capsys))
+    batch, prompt, d, vocab = 2, 5, 32, 50
+    assert every["totals"]["prefill_logits"] == "all" and last["totals"]["prefill_logits"] == "last"
+    assert every["phases"][0]["matmul_flops"] - last["phases"][0]["matmul_flops"] == batch * 2 * (prompt - 1) * d * vocab
 
 
 def test_generate_with_roofline_shows_phases_and_decode_layers(capsys):
@@ -561,6 +570,7 @@ def test_roofline_json_is_the_result_s_roofline(in_workdir, capsys, models):
     (["--generate", "0"], "--generate 0 must be at least 1"),
     (["--generate", "2", "--train"], "--generate does not go with --train"),
     (["--generate", "2", "--input-size", "2,3"], "--generate takes one --input-size"),
+    (["--full-logits"], "--full-logits goes with --generate"),
     (["--columns", "layer,bound"], "needs a device"),
 ])
 def test_serving_flags_refuse_bad_input(in_workdir, capsys, extra, message):
