@@ -6,6 +6,7 @@ Importing this package registers the built-in rules in :data:`REGISTRY`.
 from __future__ import annotations
 
 from hooks import rules as _rules  # noqa: F401  (registers the built-in rules)
+from hooks.backward import tensors_in
 from hooks.capture import Capture, CaptureError, ModuleInfo, RuleError, capture_forward, shapes_of
 from hooks.counts import ZERO, Counts
 from hooks.records import Record, Shape, Status
@@ -44,4 +45,5 @@ __all__ = [
     "function_rule",
     "module_rule",
     "shapes_of",
+    "tensors_in",
 ]

@@ -8,10 +8,13 @@ for the backward: its storage, counted once, is an activation of the innermost r
 when the forward and the loss are done (a branch the forward discards frees what it saved).
 ``torch.utils.checkpoint`` keeps the arguments of the function it will recompute past that hook:
 the keyword ones and tensors inside containers (non-reentrant: in its recompute closure and its
-frame; reentrant: in its autograd node's context), and a ``functools.partial``'s bound ones (Hugging
-Face checkpoints ``partial(forward, layer, **kwargs)``); a selective checkpoint also caches the
-outputs its policy saves. Those are activations of the layer that called ``checkpoint``, each
-storage once, while the checkpoint that keeps them is still held.
+frame; reentrant: in its autograd node's context), and what the function itself keeps: a
+``functools.partial``'s bound arguments (Hugging Face checkpoints ``partial(forward, layer,
+**kwargs)``), a lambda's or nested function's closure, a bound method's object (see
+:func:`tensors_in`); a selective checkpoint also caches the outputs its policy saves. Those are
+activations of the layer that called ``checkpoint``, each storage once, while the checkpoint that
+keeps them is still held; a reentrant checkpoint is looked for in the model's graph only, short of
+the inputs' gradient edges.
 
 The backward runs in autograd's engine, where no module hook fires. Every autograd node gets a
 sequence number when the forward creates it, in increasing order, so the module hooks note the
@@ -28,11 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import types
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -53,7 +57,7 @@ from hooks.records import Record
 from hooks.traffic import call_traffic
 from hooks.registry import Resolver
 
-__all__ = ["LossError", "StepCapture", "capture_step"]
+__all__ = ["LossError", "StepCapture", "capture_step", "tensors_in"]
 
 _ACCUMULATE = 2**64 - 1  # the sequence number of an AccumulateGrad node (a parameter's gradient)
 _OUTSIDE = "<outside the model>"  # the owner of nodes the forward did not create
@@ -78,16 +82,20 @@ class StepCapture:
     buffers: tuple[torch.Tensor, ...]
     outside: int = 0
     """Backward operators of the graph that made an input (not counted): the backward went past
-    the model's inputs, which ``profile_training`` makes leaves only where it can reach them."""
-    trainable: tuple[bool, ...] = ()
+    the stops (the inputs' gradient edges), as it does through a reentrant checkpoint, or from an
+    input that requires grad where the caller's search did not find it."""
+    trainable: tuple[bool, ...] | None = None
     """Each of ``parameters``' ``requires_grad`` during the step, after ``model.train()`` (which may
-    unfreeze a backbone); they are restored after it."""
+    unfreeze a backbone; they are restored after it); None: not recorded, take the current flags."""
     rolled_back: tuple[str, ...] = ()
     """Other threads' work the restore undid, one line each: ``"buffer 'bn.running_mean'"`` for
     a buffer of a layer another thread ran while the step held the model (its updates went to the
-    step's working copy, which is dropped), ``"gradient of 'fc.weight'"`` for a parameter whose
-    ``.grad`` another thread's backward accumulated into meanwhile (the ``.grad`` is put back as
-    before the step)."""
+    step's working copy, which is dropped), or a buffer written through another reference while
+    another thread ran the model (put back as before the step, whoever wrote it); ``"gradient of
+    'fc.weight'"`` for a parameter whose ``.grad`` another thread's backward accumulated into
+    meanwhile (the ``.grad`` is put back as before the step); ``"the random state"`` when another
+    thread ran the model and the random state put back differed from the one found (its draws
+    are undone with the step's)."""
 
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int]:
@@ -143,22 +151,18 @@ def _checkpoint_arguments(frame: Any) -> tuple:
     return positional, closed
 
 
-def _graph(node: Any) -> Iterator[Any]:
-    """Every autograd node reachable from ``node``, each once."""
-    seen: set[int] = set()
-    todo = [node]
-    while todo:
-        node = todo.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        todo.extend(next_node for next_node, _ in node.next_functions)
+# Objects the tensor search does not open: a module's parameters and buffers are the model's, not data
+_OPAQUE = (str, bytes, bytearray, int, float, complex, nn.Module, type, types.ModuleType)
 
 
-def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in ``value``, through tuples, lists, sets, mappings, dataclasses and
-    ``functools.partial``; not into modules, whose parameters and buffers are not activations."""
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``value``, in the order held, at any depth, each container once (cycles are
+    safe): through tuples (named ones too), lists, sets, mappings (``defaultdict``, ``UserDict`` such
+    as Hugging Face's ``BatchEncoding``, ``ModelOutput``), dataclasses (every field, those left out of
+    ``__init__`` too), the types registered with ``torch.utils._pytree``, and what a callable keeps:
+    a ``functools.partial``'s function and arguments, a function's closure cells and default
+    arguments, a bound method's object and its attributes. Not into modules: their parameters and
+    buffers are the model's, not data."""
     seen: set[int] = set()
     todo = [value]
     while todo:
@@ -166,17 +170,38 @@ def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
         if isinstance(value, torch.Tensor):
             yield value
             continue
-        if value is None or id(value) in seen or isinstance(value, (str, bytes, nn.Module)):
+        if value is None or isinstance(value, _OPAQUE) or id(value) in seen:
             continue
         seen.add(id(value))
-        if isinstance(value, Mapping):
-            todo.extend(value.values())
-        elif isinstance(value, (tuple, list, set, frozenset)):
-            todo.extend(value)
-        elif isinstance(value, partial):
-            todo.extend((value.func, *value.args, *value.keywords.values()))
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            todo.extend(getattr(value, field.name, None) for field in dataclasses.fields(value))
+        todo.extend(reversed(_held(value)))
+
+
+def _held(value: Any) -> list:
+    """What ``value`` holds that may hold tensors (see :func:`tensors_in`); nothing for a leaf."""
+    if isinstance(value, Mapping):
+        return list(value.values())
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return list(value)
+    if isinstance(value, partial):
+        return [value.func, *value.args, *value.keywords.values()]
+    if isinstance(value, types.FunctionType):  # a lambda or nested function: what it closes over
+        cells = []
+        for cell in value.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # a cell not yet assigned
+                pass
+        return [*cells, *(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]
+    if isinstance(value, types.MethodType):  # a bound method: its function and its object's state
+        owner = value.__self__
+        opened = not isinstance(owner, _OPAQUE) and not dataclasses.is_dataclass(owner)
+        return [value.__func__, owner, *(vars(owner).values() if opened and hasattr(owner, "__dict__") else ())]
+    if isinstance(value, types.BuiltinMethodType):  # a tensor's method (h.mul): the tensor
+        return [value.__self__] if isinstance(value.__self__, torch.Tensor) else []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [getattr(value, field.name, None) for field in dataclasses.fields(value)]
+    leaves = tree_leaves(value)
+    return [] if len(leaves) == 1 and leaves[0] is value else leaves  # a registered container's leaves
 
 
 class _StepRecorder(_Recorder):
@@ -239,8 +264,8 @@ class _StepRecorder(_Recorder):
             if layer != self.owners[-1]:
                 self.seqs.append(_next_sequence_nr())
                 self.owners.append(layer)
-        elif not self.in_backward:
-            self._note_checkpoint()
+        elif not self.in_backward and threading.get_ident() == self.thread:
+            self._note_checkpoint()  # another thread's checkpoint is not the step's
         return super().__torch_function__(func, types, args, kwargs)
 
     def _note_checkpoint(self) -> None:
@@ -292,15 +317,16 @@ class _StepRecorder(_Recorder):
             self.stack.pop()
             self._mark()
 
-    def start_backward(self, loss: torch.Tensor) -> None:
+    def start_backward(self, loss: torch.Tensor, stops: set) -> None:
         """The forward and the loss are done: what they saved and still hold is the activations
         (tensors saved by work the forward discarded went with its graph), with what checkpoints
-        still held keep for their recomputation."""
+        still held keep for their recomputation. ``stops``: the nodes where the model's graph ends
+        (the inputs' gradient edges)."""
         self.forward_records, self.records = self.records, []
         self.in_backward = True
         self.shapes = False
-        for layer, kept in self._checkpointed(loss):
-            for tensor in _tensors_in(kept):
+        for layer, kept in self._checkpointed(loss, stops):
+            for tensor in tensors_in(kept):
                 key, nbytes = _storage(tensor)
                 entry = self.saved.get(key)
                 if key not in self.excluded and (entry is None or (entry[2] is not None and entry[2].expired())):
@@ -309,15 +335,16 @@ class _StepRecorder(_Recorder):
             if ref is None or not ref.expired():
                 self.activations[name] = self.activations.get(name, 0) + nbytes
 
-    def _checkpointed(self, loss: torch.Tensor) -> Iterator[tuple[str, Any]]:
+    def _checkpointed(self, loss: torch.Tensor, stops: set) -> Iterator[tuple[str, Any]]:
         """What each checkpoint still held keeps past the pack hook, with the layer that called it:
-        a non-reentrant one's frame while alive; a reentrant one's node in the loss's graph."""
+        a non-reentrant one's frame while alive; a reentrant one's node in the loss's graph, short
+        of ``stops`` (one upstream, in the graph that made an input, is not this model's)."""
         for ref, layer in self.checkpoints:
             frame = ref()
             if frame is not None:
                 yield layer, _checkpoint_arguments(frame)
-        for node in _graph(loss.grad_fn):
-            if getattr(node, "_forward_cls", None) is CheckpointFunction:
+        for node in _nodes([loss.grad_fn], stops):
+            if _reentrant_checkpoint(node):
                 # ctx.inputs: the positional arguments, None where a tensor went to save_for_backward
                 yield self._owner(node), (getattr(node, "inputs", None), getattr(node, "run_function", None))
 
@@ -389,30 +416,41 @@ class _RandomState:
     """The global random state (CPU, and CUDA where initialised), saved by the first of the training
     steps that overlap in time (profiles of different models on several threads) and put back by the
     last to end: each putting back what it found would leave the state of a draw another profile
-    made meanwhile."""
+    made meanwhile. Each step holds it by a token, weakly: a step that never gave it back (and is
+    gone) stops no later restore, and a token given back twice counts once."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.holders = 0
+        self.holders: weakref.WeakSet = weakref.WeakSet()
         self.saved: tuple[torch.Tensor, list[torch.Tensor] | None] | None = None
 
-    def take(self) -> None:
+    def take(self, holder: object) -> None:
         with self.lock:
-            if not self.holders:
-                self.saved = (torch.get_rng_state(),
-                              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
-            self.holders += 1
+            if not self.holders:  # none, or only holders gone without giving it back: save afresh
+                self.saved = _rng_state()
+            self.holders.add(holder)
 
-    def give_back(self) -> None:
+    def give_back(self, holder: object) -> bool:
+        """Put the saved state back if ``holder`` is the last to hold it; whether that changed the
+        random state (a draw since it was saved)."""
         with self.lock:
-            self.holders -= 1
+            if holder not in self.holders:
+                return False
+            self.holders.discard(holder)
             if self.holders or self.saved is None:
-                return
-            cpu, cuda = self.saved
-            self.saved = None
+                return False
+            (cpu, cuda), self.saved = self.saved, None
+            now_cpu, now_cuda = _rng_state()
+            changed = not torch.equal(cpu, now_cpu) or (
+                cuda is not None and (now_cuda is None or any(not torch.equal(a, b) for a, b in zip(cuda, now_cuda))))
             torch.set_rng_state(cpu)
             if cuda is not None:
                 torch.cuda.set_rng_state_all(cuda)
+            return changed
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
 
 _random_state = _RandomState()
@@ -425,13 +463,17 @@ class _StepUndone:
 
     The body runs on working copies of the buffers put in the modules' place (BatchNorm's running
     statistics, an observer's statistics even when the forward resizes them), and the original
-    objects go back after: nothing is written into them, so a graph another thread saved them in
-    stays valid. Gradients start as None, as after ``optimizer.zero_grad()``: the backward writes
-    them instead of adding; the caller's ``.grad`` objects go back after. Hooks that run after a
-    parameter's gradient is accumulated (an optimizer stepping in the backward) are held back in
-    the step's own backward: a profile must not update the weights; another thread's backward
-    meanwhile runs them. What the restore undid of another thread's work (the buffer updates of the
-    layers it ran, the gradients it accumulated meanwhile) is listed in ``rolled_back``."""
+    objects go back after, unwritten, so a graph another thread saved them in stays valid. An
+    original written meanwhile through another reference (a dict or a view the module keeps of its
+    buffer: its version counter moved) gets its values back from a second copy taken before the
+    body, one the body never sees: the working copy may have been written too. Gradients start as
+    None, as after ``optimizer.zero_grad()``: the backward writes them instead of adding; the
+    caller's ``.grad`` objects go back after. Hooks that run after a parameter's gradient is
+    accumulated (an optimizer stepping in the backward) are held back in the step's own backward: a
+    profile must not update the weights; another thread's backward meanwhile runs them. Every part
+    of the restore runs even when another part raises. What the restore undid of another thread's
+    work (the buffer updates of the layers it ran, a buffer written through another reference while
+    it ran, the gradients it accumulated meanwhile, its random draws) is listed in ``rolled_back``."""
 
     def __init__(self, planned: list, params: list[nn.Parameter], recorder: _StepRecorder) -> None:
         self.params = params
@@ -460,25 +502,32 @@ class _StepUndone:
         # the loss runs), to tell that backward from another thread's
         self.loss_marker = AtenCounter(lambda *args: None)
         self.in_loss: set[str] = set()  # parameters whose gradient a backward run by the loss computed
-
-    def __enter__(self) -> _StepUndone:
-        self.grads = [p.grad for p in self.params]
-        self.trainable = tuple(p.requires_grad for p in self.params)
-        _random_state.take()
-        copies: dict[int, torch.Tensor] = {}
-        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self.grads: list[torch.Tensor | None] = []
+        self.trainable: tuple[bool, ...] | None = None
+        # (module, name, original, the original's version, a copy of its values), one per buffer swapped
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor, int | None, torch.Tensor]] = []
+        self.working: list[torch.Tensor | None] = []  # what each module held at the end: the working copy
         self.held: list[tuple[nn.Parameter, Any]] = []
         self.watched: list[tuple[nn.Parameter, Any, Any]] = []
+        self.random_changed = False
+
+    def __enter__(self) -> _StepUndone:
         try:
+            _random_state.take(self)
+            self.grads = [p.grad for p in self.params]
+            self.trainable = tuple(p.requires_grad for p in self.params)
+            copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by original: (working copy, pristine)
             for module, name, original, _, _ in self.buffers:
-                copy = copies.get(id(original))
-                if copy is None:
-                    copy = copies[id(original)] = original.detach().clone()
-                    if original.requires_grad:
-                        copy.requires_grad_()
+                if id(original) not in copies:
+                    # Two copies: the step may write both the working copy (through the module) and
+                    # the original (through another reference), and the original's values must come back.
+                    pristine = original.detach().clone()
+                    copy = pristine.clone().requires_grad_(original.requires_grad)
+                    copies[id(original)] = copy, pristine
+                copy, pristine = copies[id(original)]
                 module._buffers[name] = copy
-                self.swapped.append((module, name, original))
-            self.recorder.excluded.update(_storage(copy)[0] for copy in copies.values())
+                self.swapped.append((module, name, original, _version(original), pristine))
+            self.recorder.excluded.update(_storage(copy)[0] for copy, _ in copies.values())
             for p in self.params:
                 p.grad = None
                 hooks = getattr(p, "_post_accumulate_grad_hooks", None)
@@ -539,31 +588,77 @@ class _StepUndone:
                             "counts the backward")
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
-        _random_state.give_back()  # first: a hold never given back would stop every later restore
-        ran = set(self.recorder.other_threads)
-        if ran:
-            self.rolled_back = [f"buffer {qualified!r}" for module, name, original, qualified, layer in self.buffers
-                                if layer in ran and _changed(module._buffers.get(name), original)]
-        self.rolled_back += [f"gradient of {name!r}" for name in sorted(self.others)]
+        # Every restore runs even when one before it raises (a KeyboardInterrupt, a hook's error);
+        # the random state goes back last: a hold never given back would stop every later restore.
+        with ExitStack() as restores:
+            restores.callback(self._give_back_random_state)
+            restores.callback(self._put_buffers_back)
+            restores.callback(self._put_hooks_back)
+            restores.callback(self._put_grads_back)
+            restores.callback(self._unwatch)
+        self.rolled_back = self._rolled_back()
+
+    def _unwatch(self) -> None:
         for p, hooks, handle in self.watched:
             handle.remove()
             if hooks is None and not p._backward_hooks:  # as it was, unless a hook came meanwhile
                 p._backward_hooks = None
+
+    def _put_grads_back(self) -> None:
         for p, grad in zip(self.params, self.grads):
             p.grad = grad
+
+    def _put_hooks_back(self) -> None:
         for p, hooks in self.held:
             p._post_accumulate_grad_hooks = hooks
-        for module, name, original in self.swapped:
+
+    def _put_buffers_back(self) -> None:
+        self.working = [module._buffers.get(name) for module, name, *_ in self.swapped]
+        for module, name, original, version, pristine in self.swapped:
             module._buffers[name] = original
+            if _version(original) != version:  # written through another reference
+                with torch.no_grad():
+                    if original.shape == pristine.shape and original.dtype == pristine.dtype:
+                        original.copy_(pristine)
+                    else:
+                        original.set_(pristine)
+
+    def _give_back_random_state(self) -> None:
+        self.random_changed = _random_state.give_back(self)
+
+    def _rolled_back(self) -> list[str]:
+        """What the restore undid of other threads' work (see :attr:`StepCapture.rolled_back`)."""
+        ran = set(self.recorder.other_threads)
+        if not ran:
+            return sorted(f"gradient of {name!r}" for name in self.others)
+        names = {id(original): qualified for _, _, original, qualified, _ in self.buffers}
+        layers = {(id(module), name): layer for module, name, _, _, layer in self.buffers}
+        undone: dict[str, None] = {}
+        for (module, name, original, version, _), working in zip(self.swapped, self.working):
+            if layers[id(module), name] in ran and _changed(working, original):
+                undone[f"buffer {names[id(original)]!r}"] = None  # its updates went to the dropped copy
+            elif _version(original) != version:  # put back, whoever wrote it
+                undone[f"buffer {names[id(original)]!r}"] = None
+        return [*undone, *(f"gradient of {name!r}" for name in sorted(self.others))] + (
+            ["the random state"] if self.random_changed else [])
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """``tensor``'s version counter (it moves with each in-place write), None where it has none."""
+    try:
+        return tensor._version
+    except (RuntimeError, AttributeError):  # an inference tensor: nothing outside inference mode writes it
+        return None
 
 
 def _changed(current: torch.Tensor | None, original: torch.Tensor) -> bool:
-    """Whether the working copy ``current`` of a buffer no longer equals ``original``."""
+    """Whether the working copy ``current`` of a buffer no longer equals ``original`` (True where
+    that cannot be told)."""
     if current is None or current.shape != original.shape or current.dtype != original.dtype:
         return True
     try:
         return not torch.equal(current, original)
-    except (RuntimeError, NotImplementedError):  # meta tensors have no values to compare
+    except Exception:  # meta tensors have no values to compare; whatever fails, say it may have changed
         return True
 
 
@@ -603,7 +698,8 @@ def capture_step(model: nn.Module, call: Callable[[], Any], loss_fn: Callable[[A
                             loss = loss_fn(output)
                         _check_loss(loss)
                     stage = "backward"
-                    recorder.start_backward(loss)
+                    stops = {edge.node for edge in stop_at}
+                    recorder.start_backward(loss, stops)
                     torch._C._push_on_torch_dispatch_stack(recorder.backward_counter)
                     try:
                         _run_backward(loss, stop_at)
@@ -648,7 +744,7 @@ def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.Gra
         engine = torch.autograd.Variable._execution_engine.run_backward
     stops = {edge.node for edge in stop_at}
     short = list(_nodes([torch.autograd.graph.get_gradient_edge(loss).node], stops)) if stops else []
-    if short and not any(type(node).__name__ == _REENTRANT for node in short):
+    if short and not any(_reentrant_checkpoint(node) for node in short):
         # The gradients of the leaves and of the stops are computed and dropped, not accumulated:
         # the engine runs no node of the graph past the stops, not even their own (whose saved
         # tensors an earlier backward may have freed), and no leaf's gradient accumulation.
@@ -666,7 +762,9 @@ def _run_backward(loss: torch.Tensor, stop_at: Sequence[torch.autograd.graph.Gra
             leaf.grad = grad
 
 
-_REENTRANT = "CheckpointFunctionBackward"  # torch.utils.checkpoint's use_reentrant=True node
+def _reentrant_checkpoint(node: Any) -> bool:
+    """Whether ``node`` is the autograd node of a ``torch.utils.checkpoint(use_reentrant=True)``."""
+    return getattr(node, "_forward_cls", None) is CheckpointFunction
 
 
 def _is_leaf(node: Any) -> bool:
@@ -675,7 +773,7 @@ def _is_leaf(node: Any) -> bool:
 
 def _nodes(starts: list, stops: set) -> Iterator[Any]:
     """The autograd nodes reachable from ``starts`` without passing one of ``stops``, each once."""
-    seen, todo = set(starts), list(starts)
+    seen, todo = set(starts), [node for node in starts if node is not None]
     while todo:
         node = todo.pop()
         if node in stops:

@@ -3,17 +3,15 @@ memory the step needs."""
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from hooks import REGISTRY, ModuleInfo, Record
+from hooks import REGISTRY, ModuleInfo, Record, tensors_in
 from hooks.backward import LossError, capture_step
 from hooks.counts import count_value
 from profiler.api import (
@@ -26,7 +24,7 @@ from profiler.tree import Uncounted, sum_counts, uncounted_summary
 from profiler.units import format_bytes, format_count, format_seconds
 
 __all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "TrainingRoofline", "default_loss", "profile_training",
-           "tensors_in", "training_summary"]
+           "training_summary"]
 
 # A tensor's gradient edge (torch >= 2.2): on an older torch the backward goes past the inputs, and says so.
 _gradient_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
@@ -156,7 +154,8 @@ def training_summary(result: TrainingResult, units: str = "human") -> str:
 
 def default_loss(output: Any) -> torch.Tensor:
     """The model's own loss when its output carries one (Hugging Face models given ``labels``),
-    else the sum of every floating-point tensor in the output that requires grad."""
+    else the sum of every floating-point tensor in the output that requires grad; an output it
+    cannot use or sum (a strided nested tensor) raises :class:`LossError` saying to pass ``loss=``."""
     own = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if isinstance(own, torch.Tensor) and own.requires_grad:
         return own
@@ -173,10 +172,29 @@ def default_loss(output: Any) -> torch.Tensor:
             why = ("the model's output holds no floating-point tensor that requires grad, so there is no backward "
                    "to count: is every parameter frozen?")
         raise LossError(f"{why} Pass loss=lambda output: ... giving the scalar to differentiate")
-    loss = tensors[0].sum()
-    for tensor in tensors[1:]:
-        loss = loss + tensor.sum()
+    loss = None
+    for tensor in tensors:
+        try:
+            loss = tensor.sum() if loss is None else loss + tensor.sum()
+        except Exception as exc:  # a layout sum() does not take (a strided nested tensor), a dtype mix
+            raise LossError(f"the default loss (the sum of the output's floating-point tensors that require grad) "
+                            f"failed on {_described(tensor)} in the model's output ({type(output).__name__}): "
+                            f"{type(exc).__name__}: {_first_line(exc)} Pass loss=lambda output: ... giving the scalar "
+                            "to differentiate") from exc
     return loss
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first sentence (torch's dispatch errors go on to list every backend)."""
+    line = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return f"{line}." if line else ""
+
+
+def _described(tensor: torch.Tensor) -> str:
+    """A tensor named by its kind, for an error: a nested one has no single shape."""
+    if tensor.is_nested:
+        return f"a nested {tensor.dtype} tensor ({str(tensor.layout).removeprefix('torch.')} layout)"
+    return f"a {tensor.dtype} tensor of shape {list(tensor.shape)} ({str(tensor.layout).removeprefix('torch.')})"
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -230,34 +248,6 @@ def step_memory(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor],
     )
 
 
-def tensors_in(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in ``value``, through tuples (named ones too), lists, mappings (``defaultdict``,
-    ``UserDict`` such as Hugging Face's ``BatchEncoding``, ``ModelOutput``), dataclasses and the
-    types registered with ``torch.utils._pytree``, at any depth and of any subclass; a container
-    met twice is searched once."""
-    seen: set[int] = set()
-    todo = [value]
-    while todo:
-        value = todo.pop()
-        if isinstance(value, torch.Tensor):
-            yield value
-            continue
-        if value is None or isinstance(value, (str, bytes, int, float, complex)) or id(value) in seen:
-            continue
-        seen.add(id(value))
-        if isinstance(value, Mapping):
-            items = list(value.values())
-        elif isinstance(value, (tuple, list)):
-            items = list(value)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
-        else:
-            items = tree_leaves(value)
-            if len(items) == 1 and items[0] is value:  # not a registered container
-                continue
-        todo.extend(reversed(items))  # in the order they are held
-
-
 def profile_training(
     model: nn.Module,
     inputs: Any = None,
@@ -287,7 +277,8 @@ def profile_training(
 
     The inputs reach the forward as given (the same objects, whatever their container). An input
     that requires grad costs its gradient, and the backward stops there: the graph that made it
-    (another model's output) is not run, and the input's own ``.grad`` is left as it was.
+    (another model's output) is not run. Every input's own ``.grad`` is left as it was, also of
+    one the forward makes require grad.
     """
     if isinstance(model, type):
         raise TypeError(f"model must be an nn.Module instance, not the class {model.__name__}; call it first")
@@ -309,9 +300,12 @@ def profile_training(
     # The inputs go to the forward untouched, and the backward stops at the ones that require grad:
     # it costs their gradients, not the graph that made them. Their edges are taken now, before an
     # in-place operation in the forward moves them.
-    wanting = list({id(t): t for t in tensors_in((args, forward_kwargs)) if t.requires_grad}.values())
+    found = list({id(t): t for t in tensors_in((args, forward_kwargs))}.values())
+    wanting = [t for t in found if t.requires_grad]
     stops = [_gradient_edge(t) for t in wanting if t.grad_fn is not None] if _gradient_edge else []
-    grads = [(t, t.grad) for t in wanting if t.is_leaf or t.retains_grad]
+    # every input's .grad, not only those requiring grad now: the forward may make one require grad
+    # (x.requires_grad_()), and the step's backward would then accumulate into it
+    grads = [(t, t.grad) for t in found if t.is_leaf or t.retains_grad]
     try:
         for tensor, _ in grads:  # written, not added to, as the parameters' are
             tensor.grad = None
@@ -325,7 +319,8 @@ def profile_training(
     if step.rolled_back or step.forward.other_threads:
         undone = (f"restoring the model as it was before the profile rolled back that thread's work on "
                   f"{', '.join(step.rolled_back)}" if step.rolled_back
-                  else "restoring the model rolled back none of that thread's buffer updates or gradients")
+                  else "restoring the model rolled back none of that thread's buffer updates, gradients or random "
+                       "draws")
         warnings.warn(f"another thread used the model while profile_training held it; {undone}; profile when no "
                       "other thread trains the model", UncountedWarning, stacklevel=2)
     if step.outside:

@@ -142,9 +142,11 @@ def test_another_threads_training_step_is_rolled_back_by_name_and_its_graph_surv
             pending = model(torch.randn(5, 4)).sum()  # saved the original BatchNorm statistics
             ready.set()
             assert inside.wait(10)
-            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            buffers, rng = {name: b.clone() for name, b in model.named_buffers()}, torch.get_rng_state()
             model(torch.randn(5, 4)).sum().backward()  # a whole step while the profile holds the model
             rolled_back.update(changed_buffers(model, buffers))
+            if not torch.equal(torch.get_rng_state(), rng):  # its draw (randn): the restore undoes it
+                rolled_back.add("the random state")
             # the profile set every .grad to None when it took the model: these are this thread's
             rolled_back.update(f"gradient of {name!r}" for name, p in model.named_parameters() if p.grad is not None)
             done.set()
@@ -182,8 +184,8 @@ def test_another_threads_training_step_is_rolled_back_by_name_and_its_graph_surv
         after.set()
         thread.join(30)
     assert not errors, errors
-    # fc, norm and out ran in the other thread: BatchNorm's three statistics, and six gradients
-    assert len(rolled_back) == 3 + 6
+    # fc, norm and out ran in the other thread: BatchNorm's three statistics, six gradients, its draw
+    assert len(rolled_back) == 3 + 6 + 1
     if raises:
         notes = getattr(info.value, "__notes__", [])
         assert len(notes) == 1
@@ -202,10 +204,11 @@ def test_another_thread_whose_work_the_restore_keeps_is_told_so():
     model: nothing of its work is rolled back, and the warning says that."""
     model = Gated().train()
     inside, done = threading.Event(), threading.Event()
+    x = torch.randn(5, 4)  # drawn here: a draw in the other thread would be rolled back
 
     def other() -> None:
         assert inside.wait(10)
-        model.fc(torch.randn(5, 4))
+        model.fc(x)
         done.set()
 
     def main_step() -> None:
@@ -216,8 +219,67 @@ def test_another_thread_whose_work_the_restore_keeps_is_told_so():
     thread.start()
     model.step, model.profiling_thread = main_step, threading.current_thread()
     try:
-        with pytest.warns(UncountedWarning, match="rolled back none of that thread's buffer updates or gradients"):
-            profile_training(model, (torch.randn(5, 4),))
+        with pytest.warns(UncountedWarning, match="rolled back none of that thread's buffer updates, gradients or random draws"):
+            profile_training(model, (x,))
     finally:
         model.step = None
         thread.join(30)
+
+
+class Aliased(nn.Module):
+    """Linear then a running average kept as a buffer, which the module also reaches through a dict
+    made at init: the forward writes it through the dict (the original), not the attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("avg", torch.ones(4))
+        self.state = {"avg": self.avg}
+        self.step = None
+        self.profiling_thread = None
+
+    def forward(self, x):
+        if threading.current_thread() is self.profiling_thread:
+            if self.step is not None:
+                self.step()
+        else:
+            self.state["avg"].mul_(0.9)
+        return self.fc(x) * self.avg
+
+
+@pytest.mark.parametrize("draws", [False, True], ids=["no draw", "draws"])
+def test_another_threads_alias_write_and_draws_are_named(draws):
+    """Another thread, while the profile holds the model, writes a buffer through another reference
+    and (or not) draws random numbers: the restore puts both back, and the warning says so."""
+    model = Aliased()
+    inside, done = threading.Event(), threading.Event()
+    x = torch.randn(5, 4)
+
+    def other() -> None:
+        assert inside.wait(10)
+        model(x)
+        if draws:
+            torch.rand(1)
+        done.set()
+
+    def main_step() -> None:
+        inside.set()
+        assert done.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    model.step, model.profiling_thread = main_step, threading.current_thread()
+    before, rng = snapshot(model), torch.get_rng_state()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            profile_training(model, (x,))
+    finally:
+        model.step = None
+        thread.join(30)
+    assert_unchanged(model, before)
+    assert model.state["avg"] is model.avg
+    assert torch.equal(torch.get_rng_state(), rng)
+    message = next(str(w.message) for w in caught if "another thread used the model" in str(w.message))
+    listed = set(message.split("rolled back that thread's work on ")[1].split("; ")[0].split(", "))
+    assert listed == {"buffer 'avg'"} | ({"the random state"} if draws else set())

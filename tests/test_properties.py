@@ -410,12 +410,18 @@ def test_no_global_hook_flag_left_behind(outcome):
 
 class TogglesInTraining(nn.Module):
     """A random model whose ``train(mode)`` also sets ``requires_grad``: the ``unfreeze`` parameters
-    to ``mode`` (a backbone that training unfreezes), the ``freeze`` ones to ``not mode``."""
+    to ``mode`` (a backbone that training unfreezes), the ``freeze`` ones to ``not mode``. It keeps a
+    counter buffer ``calls``; its forward adds one to the buffer named ``aliased`` (if any) through a
+    reference taken at init, not through the module (a BatchNorm's statistics are written both ways)."""
 
-    def __init__(self, body: nn.Module, unfreeze: list[nn.Parameter], freeze: list[nn.Parameter]) -> None:
+    def __init__(self, body: nn.Module, unfreeze: list[nn.Parameter], freeze: list[nn.Parameter],
+                 aliased: str | None = None) -> None:
         super().__init__()
         self.body = body
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
         self.toggled = [(p, True) for p in unfreeze] + [(p, False) for p in freeze]  # a plain list: not registered
+        self.aliased = aliased
+        self.alias = [self.get_buffer(aliased)] if aliased else []
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -424,6 +430,8 @@ class TogglesInTraining(nn.Module):
         return self
 
     def forward(self, x):
+        for buffer in self.alias:
+            buffer.add_(1)
         return self.body(x)
 
 
@@ -444,15 +452,21 @@ class OtherThread:
             pending = self.model(self.x.detach().requires_grad_()).sum()
             self.ready.set()
             assert self.inside.wait(30)
-            buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+            buffers, rng = {name: b.clone() for name, b in self.model.named_buffers()}, torch.get_rng_state()
+            versions = [b._version for b in self.model.alias]  # the original, which the module no longer holds
             self.model(self.x.detach().requires_grad_()).sum().backward()
             self.rolled_back = {f"buffer {name!r}" for name, b in self.model.named_buffers()
                                 if b.shape != buffers[name].shape or not torch.equal(b, buffers[name])}
+            if [b._version for b in self.model.alias] != versions:  # written through the alias
+                self.rolled_back.add(f"buffer {self.model.aliased!r}")
+            if not torch.equal(torch.get_rng_state(), rng):
+                self.rolled_back.add("the random state")
             # the profile set every .grad to None when it took the model: these are this thread's
             self.rolled_back |= {f"gradient of {name!r}" for name, p in self.model.named_parameters() if p.grad is not None}
             self.done.set()
             assert self.after.wait(30)
-            pending.backward()  # its graph from before the profile is still valid
+            if not self.model.alias:  # its own alias write invalidates a graph that saved the buffer, profile or not
+                pending.backward()  # its graph from before the profile is still valid
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             self.errors.append(exc)
             self.done.set()
@@ -470,8 +484,10 @@ def test_training_profile_gives_the_model_back(outcome, data):
     plan, params = built.trip.plan, list(built.model.parameters())
     roles = data.draw(st.lists(st.sampled_from(("unfreeze", "freeze", "keep")), min_size=len(params),
                                max_size=len(params)), label="what train() does to each parameter")
+    buffers = ["calls", *(f"body.{name}" for name, _ in built.model.named_buffers())]
+    aliased = data.draw(st.sampled_from([None, *buffers]), label="buffer written through an alias")
     model = TogglesInTraining(built.model, [p for p, r in zip(params, roles) if r == "unfreeze"],
-                              [p for p, r in zip(params, roles) if r == "freeze"])
+                              [p for p, r in zip(params, roles) if r == "freeze"], aliased)
     for p in params:
         if data.draw(st.booleans(), label="has a gradient"):
             p.grad = torch.randn_like(p)
@@ -500,7 +516,8 @@ def test_training_profile_gives_the_model_back(outcome, data):
             warnings.simplefilter("always")
             profile_training(model, (x,))
         plan.at = None
-        assert_unchanged(model, before)  # requires_grad included
+        assert_unchanged(model, before)  # requires_grad included; the aliased buffer's values too
+        assert all(b is model.get_buffer(model.aliased) for b in model.alias)  # the same object
         assert all(p.grad is g for p, g in zip(params, grads))
     finally:
         plan.at = None
@@ -518,7 +535,7 @@ def test_training_profile_gives_the_model_back(outcome, data):
         if other.rolled_back:
             assert listed_after(message) == other.rolled_back
         else:
-            assert "rolled back none of that thread's buffer updates or gradients" in message
+            assert "rolled back none of that thread's buffer updates, gradients or random draws" in message
 
 
 # --- counts: closed forms and FlopCounterMode

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import inspect
 import json
 import subprocess
 import sys
@@ -748,12 +749,30 @@ class CheckpointsScaled(nn.Module):
             return run(lambda a, scales: self.block(a, scales[0]), h, (scale,))
         if self.how == "partial":  # as Hugging Face checkpoints a layer: partial(forward, layer, **kwargs)
             return run(functools.partial(self.block, scale=scale), h)
+        if self.how == "closure":  # a lambda closing over scale
+            return run(lambda a: self.block(a, scale), h)
+        if self.how == "nested function":
+            def scaled(a):
+                return self.block(a, scale)
+            return run(scaled, h)
+        if self.how == "method":  # a bound method of an object (not a module) holding scale
+            return run(Scaling(self.block, scale).apply, h)
         if self.how == "discarded":  # a checkpoint whose output is dropped keeps nothing
             run(self.block, h, scale=h * 2)
             return run(self.block, h, scale=scale)
         # mixed: a view of h (h's storage, already counted), a parameter (not an activation), a keyword
         return run(lambda a, view, weight, scale: self.block(a + view.sum() * 0 + weight.sum() * 0, scale),
                    h, h[:, :128], self.proj.weight, scale=scale)
+
+
+class Scaling:
+    """Not a module: a block and the scale it multiplies by, applied by a method."""
+
+    def __init__(self, block: nn.Module, scale: torch.Tensor) -> None:
+        self.block, self.scale = block, scale
+
+    def apply(self, a):
+        return self.block(a, self.scale)
 
 
 def passed_to_checkpoint(model: nn.Module, args: tuple = (), kwargs: dict | None = None, *,
@@ -772,7 +791,15 @@ def passed_to_checkpoint(model: nn.Module, args: tuple = (), kwargs: dict | None
             seen[storage.data_ptr()] = storage.nbytes()
 
     def leaves(fn, args, kwargs):
-        bound = (fn.args, fn.keywords) if isinstance(fn, functools.partial) else ()
+        # what the function keeps: a partial's arguments, a function's nonlocals, a method's object's state
+        if isinstance(fn, functools.partial):
+            bound = (fn.args, fn.keywords)
+        elif inspect.ismethod(fn) and not isinstance(fn.__self__, nn.Module):
+            bound = vars(fn.__self__)
+        elif inspect.isfunction(fn):
+            bound = {k: v for k, v in inspect.getclosurevars(fn).nonlocals.items() if not isinstance(v, nn.Module)}
+        else:
+            bound = ()
         return [t for t in torch.utils._pytree.tree_leaves((bound, args, kwargs)) if isinstance(t, torch.Tensor)]
 
     kept: list = []  # (weak reference to the output, the tensors passed)
@@ -804,7 +831,7 @@ def passed_to_checkpoint(model: nn.Module, args: tuple = (), kwargs: dict | None
 
 
 CHECKPOINT_CASES = [(how, False) for how in ("positional", "keyword", "keyword container", "positional container",
-                                             "partial", "discarded", "mixed")]
+                                             "partial", "closure", "nested function", "method", "discarded", "mixed")]
 CHECKPOINT_CASES += [(how, True) for how in ("positional", "positional container", "partial")]
 
 
@@ -903,12 +930,16 @@ def test_requires_grad_that_train_changes_comes_back(raises):
 # --- nothing outlives a call
 
 
+ROWS, WIDTH = 97, 131  # the activations' shape: sizes no other tensor of the process has
+
+
 class Big(nn.Module):
-    """Makes 1 MiB activations, then raises in the forward, or gives an output whose backward raises."""
+    """Makes activations of ``ROWS x WIDTH`` elements (a size nothing else in the process has), then
+    raises in the forward, or gives an output whose backward raises."""
 
     def __init__(self, where: str) -> None:
         super().__init__()
-        self.fc = nn.Linear(512, 512)
+        self.fc = nn.Linear(WIDTH, WIDTH)
         self.where = where
 
     def forward(self, x):
@@ -919,11 +950,11 @@ class Big(nn.Module):
 
 
 def big_tensors(model: nn.Module) -> int:
-    """Tensors of 512 x 512 elements alive after a collection, the model's own left out."""
+    """Tensors of ``ROWS x WIDTH`` elements alive after a collection, the model's own left out."""
     gc.collect()
     own = {id(p) for p in model.parameters()}
     return sum(1 for o in gc.get_objects()  # type(), not isinstance(): a deprecated module proxy warns on __class__
-               if issubclass(type(o), torch.Tensor) and o.numel() == 512 * 512 and id(o) not in own)
+               if issubclass(type(o), torch.Tensor) and o.numel() == ROWS * WIDTH and id(o) not in own)
 
 
 @pytest.mark.parametrize("where", ["forward", "loss", "backward"])
@@ -937,8 +968,8 @@ def test_a_failing_step_keeps_nothing_alive(where):
             raise KeyError("no such output")
         return out.sum()
 
-    for _ in range(30):
-        x = torch.randn(512, 512)
+    for _ in range(5):  # one leaking call would show; a few show it is not a one-off cache
+        x = torch.randn(ROWS, WIDTH)
         inputs.append(weakref.ref(x))
         try:
             profile_training(model, (x,), loss=loss)
@@ -949,3 +980,206 @@ def test_a_failing_step_keeps_nothing_alive(where):
         del x
     assert big_tensors(model) == before  # the inputs, nor the activations: fc's output, tanh's
     assert [ref for ref in inputs if ref() is not None] == []
+
+
+# --- the restore: every part of it, whatever raises, and buffers written through another reference
+
+
+class Averaged(nn.Module):
+    """Linear, Dropout and BatchNorm, with a running average buffer the forward writes the way
+    ``how`` says: through a dict made at init (the original object), through a view of it, or
+    through the dict and the attribute both (the working copy and the original)."""
+
+    def __init__(self, how: str = "dict", raises: bool = False) -> None:
+        super().__init__()
+        self.fc, self.drop, self.norm = nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4)
+        self.register_buffer("avg", torch.ones(4))
+        self.state = {"avg": self.avg, "view": self.avg[:2]}
+        self.how, self.raises = how, raises
+
+    def forward(self, x):
+        if self.how in ("dict", "dict and attribute"):
+            self.state["avg"].mul_(0.9)
+        if self.how == "view":
+            self.state["view"].mul_(0.9)
+        if self.how == "dict and attribute":
+            self.avg.add_(1)
+        if self.raises:
+            raise ValueError("tripped")
+        return self.norm(self.drop(self.fc(x))) * self.avg
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["succeeds", "forward raises"])
+@pytest.mark.parametrize("how", ["dict", "view", "dict and attribute"])
+def test_a_buffer_written_through_another_reference_comes_back(how, raises):
+    model, x = Averaged(how, raises), torch.randn(3, 4)
+    original, before = model.avg, snapshot(model)
+    with pytest.raises(CaptureError) if raises else contextlib.nullcontext():
+        profile_training(model, (x,))
+    assert_unchanged(model, before)
+    assert model.avg is original and model.state["avg"] is original
+    assert torch.equal(model.state["view"], torch.ones(2)) and model.state["view"]._base is original
+
+
+@pytest.mark.parametrize("error", [RuntimeError("tripped"), KeyboardInterrupt()], ids=["RuntimeError", "KeyboardInterrupt"])
+def test_a_restore_that_raises_stops_no_other_restore(monkeypatch, error):
+    """The first restore (removing the step's gradient watchers) raises: the gradients, the buffers
+    and the random state still come back, and later profiles still put the random state back."""
+    model, x = Averaged("dict"), torch.randn(3, 4)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grads, original, before, rng = [p.grad for p in model.parameters()], model.avg, snapshot(model), torch.get_rng_state()
+    remove = torch.utils.hooks.RemovableHandle.remove
+    calls = []
+
+    def raising(handle):
+        calls.append(handle)
+        if len(calls) == 1:  # once: the hooks profile_training attached come off as usual
+            raise error
+        remove(handle)
+
+    monkeypatch.setattr(torch.utils.hooks.RemovableHandle, "remove", raising)
+    with pytest.raises((type(error), CaptureError)):
+        profile_training(model, (x,))
+    monkeypatch.undo()
+    assert [p.grad for p in model.parameters()] == grads
+    assert model.avg is original and torch.equal(original, torch.ones(4))
+    assert torch.equal(model.norm.running_mean, before["state"]["norm.running_mean"])
+    assert torch.equal(torch.get_rng_state(), rng)  # the step drew (dropout)
+    for p in model.parameters():  # the one watcher whose removal raised: the only thing left
+        p._backward_hooks = None
+    assert_unchanged(model, before)
+    later = Averaged("dict")
+    rng = torch.get_rng_state()
+    profile_training(later, (x,))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_random_state_holder_that_never_gave_it_back_stops_no_restore():
+    from hooks.backward import _random_state
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    _random_state.take(holder)  # a step that died before giving it back
+    del holder
+    gc.collect()
+    model, x = Averaged("dict"), torch.randn(3, 4)
+    rng = torch.get_rng_state()
+    profile_training(model, (x,))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+# --- what the step counts: only this model's checkpoints, inputs' gradients, the default loss
+
+
+class Upstream(nn.Module):
+    """A model whose reentrant checkpoint keeps a tensor past the saved-tensor hooks: the scale
+    bound in the function it recomputes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def scaled(self, x, scale):
+        return self.fc(x) * scale
+
+    def forward(self, x):
+        # detached: a tensor that requires grad outside the arguments breaks a reentrant backward
+        return checkpoint(functools.partial(self.scaled, scale=(x * 3).detach()), x * 2, use_reentrant=True)
+
+
+def test_a_checkpoint_in_the_graph_that_made_an_input_is_not_this_models():
+    """The input comes out of another model's reentrant checkpoint: what that checkpoint keeps is
+    not the profiled model's activations (the search stops at the inputs)."""
+    model, x = nn.Sequential(nn.Linear(16, 16), nn.Tanh()), torch.randn(8, 16, requires_grad=True)
+    alone = profile_training(model, (torch.randn(8, 16, requires_grad=True),)).activation_bytes
+    made = Upstream()(x)
+    assert profile_training(model, (made,)).activation_bytes == alone == saved_bytes(model, (made,))
+
+
+def test_another_threads_checkpoint_is_not_the_steps():
+    """A thread that carries the step's function mode (as torch propagates thread-local state to
+    worker threads) runs a checkpoint: what it keeps is not the step's activation."""
+    import threading
+
+    class Offloads(nn.Module):
+        def __init__(self, carried: bool) -> None:
+            super().__init__()
+            self.proj, self.block, self.carried = nn.Linear(256, 256), Scaled(), carried
+
+        def forward(self, x):
+            h = self.proj(x)
+            modes, out = torch.overrides._get_current_function_mode_stack(), []
+
+            def work():
+                for mode in modes if self.carried else ():
+                    torch._C._push_on_torch_function_stack(mode)
+                try:
+                    out.append(checkpoint(self.block, h, scale=h.detach() + 1, use_reentrant=False))
+                finally:
+                    for _ in modes if self.carried else ():
+                        torch._C._pop_torch_function_stack()
+
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+            return out[0]
+
+    x = torch.randn(64, 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the other thread's calls are named as not counted
+        plain, carried = (profile_training(Offloads(c), (x,)).activation_bytes for c in (False, True))
+    assert carried == plain == 64 * 256 * 4  # proj's input: the other thread's work is not the step's
+
+
+class MakesItsInputRequireGrad(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, extra):
+        x.requires_grad_(True)
+        extra["t"].requires_grad_(True)
+        return self.fc(x * extra["t"])
+
+
+@pytest.mark.parametrize("grad", [None, "a gradient"])
+def test_an_input_the_forward_makes_require_grad_keeps_its_grad(grad):
+    x, t = torch.randn(2, 4), torch.randn(2, 4)
+    old = None if grad is None else torch.ones(2, 4)
+    t.grad = old
+    profile_training(MakesItsInputRequireGrad(), (x, {"t": t}))
+    assert x.grad is None and t.grad is old
+    assert old is None or torch.equal(old, torch.ones(2, 4))
+
+
+class NestedOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return [torch.nested.as_nested_tensor([self.fc(x[:1]), self.fc(x)])]  # strided, differentiable
+
+
+def test_the_default_loss_failing_on_the_output_says_so():
+    from profiler.training import LossError
+
+    with pytest.raises(LossError, match=r"the default loss .* failed on a nested .* tensor \(strided layout\).*loss="):
+        profile_training(NestedOut(), (torch.randn(3, 4),))
+
+
+def test_a_step_capture_without_trainable_flags_sizes_memory_by_the_current_ones():
+    from hooks.backward import StepCapture, capture_step
+    from hooks import REGISTRY
+    from profiler.training import step_memory
+
+    model = mlp()
+    model[0].requires_grad_(False)
+    step = capture_step(model, lambda: model(torch.randn(2, 64)), lambda out: out.sum(), REGISTRY.resolver())
+    bare = StepCapture(step.forward, step.backward, step.activations, step.parameters, step.buffers)
+    assert bare.trainable is None
+    memory = step_memory(bare.parameters, bare.buffers, 0, "adam", bare.trainable)
+    assert memory.gradients == (128 * 64 + 64) * 4  # the second layer's weight and bias

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import types
 import warnings
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_unchanged, snapshot
+from hooks import tensors_in
 from hooks.backward import LossError
 from profiler import RooflineResult, TrainingResult, TrainingRoofline, profile_training
 from profiler.training import default_loss, training_summary
@@ -176,8 +178,6 @@ class TestInputContainers:
 
 def batch_x(batch) -> torch.Tensor:
     """The one tensor every batch above carries (nested ones carry it twice)."""
-    from profiler.training import tensors_in
-
     (x,) = {id(t): t for t in tensors_in(batch)}.values()
     return x
 
@@ -376,12 +376,49 @@ class TestOutputContainers:
             pytree._deregister_pytree_node(Registered)
 
     def test_a_container_holding_itself_is_searched_once(self):
-        from profiler.training import tensors_in
-
         x = torch.rand(2)
         box = {"x": x}
         box["self"] = box
         assert [t is x for t in tensors_in(box)] == [True]
+
+
+@dataclasses.dataclass
+class WithDerived:
+    x: torch.Tensor
+    derived: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.derived = self.x * 2
+
+
+class Holder:
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+    def get(self):
+        return self.t
+
+
+@pytest.mark.parametrize("holder", [
+    pytest.param(lambda t, layer: WithDerived(t), id="dataclass"),
+    pytest.param(lambda t, layer: {t}, id="set"),
+    pytest.param(lambda t, layer: collections.deque([t]), id="pytree-registered"),
+    pytest.param(lambda t, layer: functools.partial(layer, t), id="partial"),
+    pytest.param(lambda t, layer: lambda: layer(t), id="closure"),
+    pytest.param(lambda t, layer: (lambda a, b=t: a), id="default"),
+    pytest.param(lambda t, layer: (lambda a, *, b=t: a), id="keyword default"),
+    pytest.param(lambda t, layer: Holder(t).get, id="bound method"),
+])
+def test_one_tensor_search_opens_every_kind_of_holder_but_modules(holder):
+    """The one search the inputs, the default loss and the checkpoint accounting share: every
+    container and what a callable keeps, never a module's parameters, a cycle once."""
+    t, layer = torch.rand(2), nn.Linear(2, 2)
+    held = holder(t, layer)
+    box = {"held": held}
+    box["self"] = box
+    found = list(tensors_in(box))
+    expected = [t, held.derived] if isinstance(held, WithDerived) else [t]  # a field left out of __init__ too
+    assert {id(x) for x in found} == {id(x) for x in expected} and len(found) == len(expected)
 
 
 # --------------------------------------------------------------- a roofline of a training result
