@@ -6,7 +6,7 @@ Importing this package registers the built-in rules in :data:`REGISTRY`.
 from __future__ import annotations
 
 from hooks import rules as _rules  # noqa: F401  (registers the built-in rules)
-from hooks.backward import tensors_in
+from hooks.backward import LossError, capture_step, tensors_in
 from hooks.capture import Capture, CaptureError, ModuleInfo, RuleError, capture_forward, shapes_of
 from hooks.counts import ZERO, Counts
 from hooks.records import Record, Shape, Status
@@ -26,6 +26,7 @@ from hooks.registry import (
 __all__ = [
     "Capture",
     "CaptureError",
+    "LossError",
     "Counts",
     "ModuleInfo",
     "REGISTRY",
@@ -39,6 +40,7 @@ __all__ = [
     "ZERO",
     "as_counts",
     "capture_forward",
+    "capture_step",
     "custom_rule",
     "free_functions",
     "free_modules",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from hooks import CaptureError, Counts, RuleError, function_rule, module_rule
+from hooks import CaptureError, Counts, LossError, RuleError, function_rule, module_rule
 from profiler.api import UncountedError, UncountedWarning, profile
 from profiler.compare import Comparison, compare_with_thop
 from profiler.generation import GenerationResult, GenerationRoofline, GenerationStep, profile_generation
@@ -29,6 +29,7 @@ __all__ = [
     "GenerationRoofline",
     "GenerationStep",
     "Layer",
+    "LossError",
     "ProfileResult",
     "RooflineResult",
     "StepMemory",

@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hooks import REGISTRY, ModuleInfo, Record, tensors_in
-from hooks.backward import LossError, capture_step
+from hooks import REGISTRY, LossError, ModuleInfo, Record, capture_step, tensors_in
 from hooks.counts import count_value
 from profiler.api import (
     UncountedWarning, _check_devices, _custom_rules, check_counted, compute_dtype, forward_arguments, warn_uncounted,

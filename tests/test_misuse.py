@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from hooks import REGISTRY, Counts, Registry
-from profiler import CaptureError, Device, RuleError, UncountedError, UncountedWarning, profile, profile_generation
+from profiler import (
+    CaptureError, Device, LossError, RuleError, UncountedError, UncountedWarning, profile, profile_generation,
+    profile_training,
+)
 from profiler.units import clever_format, format_count
 
 
@@ -61,6 +64,12 @@ class Forgetful(Seq2Seq):
     def forward(self, input_ids, past_key_values=None):
         h = self.embed(input_ids)
         return self.head(h), ((h, h),)
+
+
+def backward_inside(output):
+    loss = output.sum()
+    loss.backward()
+    return loss
 
 
 ROWS = [
@@ -121,6 +130,9 @@ ROWS = [
                  "Forgetful.forward takes past_key_values but does not continue from it: after decode step 1 the cache "
                  f"holds {1 * 4 * 4:,} bytes where the cache it was given held {3 * 4 * 4:,}",  # (h, h): one memory
                  id="generation with a forward that does not continue from its cache"),
+    pytest.param(lambda: profile_training(nn.Linear(4, 4), X, loss=backward_inside), LossError,
+                 "the loss ran a backward itself (it accumulated the gradient of 'weight' and 1 more): return the loss "
+                 "without calling .backward() on it", id="a loss that runs its own backward"),
     pytest.param(lambda: Device("toy", [1e12], bandwidth=1e12), TypeError,
                  "flops must be a mapping of dtype name to peak FLOP/s, e.g. {'bfloat16': 989e12}, not list",
                  id="a device's flops not a mapping"),
