@@ -301,7 +301,9 @@ def profile_training(
     # in-place operation in the forward moves them.
     found = list({id(t): t for t in tensors_in((args, forward_kwargs))}.values())
     wanting = [t for t in found if t.requires_grad]
-    stops = [_gradient_edge(t) for t in wanting if t.grad_fn is not None] if _gradient_edge else []
+    # and a view's base: an in-place operation on the view in the forward rewrites the base's history
+    ends = [*wanting, *(t._base for t in wanting if t._base is not None)]
+    stops = [_gradient_edge(t) for t in ends if t.grad_fn is not None] if _gradient_edge else []
     # every input's .grad, not only those requiring grad now: the forward may make one require grad
     # (x.requires_grad_()), and the step's backward would then accumulate into it
     grads = [(t, t.grad) for t in found if t.is_leaf or t.retains_grad]

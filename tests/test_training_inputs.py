@@ -223,6 +223,15 @@ class TestInputsThatRequireGrad:
         assert result.matmul_flops == 2 * 3 * 8 * 4
         assert result.backward_matmul_flops == 2 * (2 * 3 * 8 * 4)
 
+    def test_an_in_place_operation_on_a_view_made_upstream(self, no_warnings):
+        """The view's base gets the in-place operation's history: the backward stops there too."""
+        torch.manual_seed(0)
+        model, upstream = InPlace(), nn.Linear(8, 16)
+        result = profile_training(model, (made_upstream(upstream)[:, :8],))
+        assert upstream.weight.grad is None
+        x = made_upstream(upstream)[:, :8]
+        assert step_matmul(result) == oracle_matmul(model, lambda: model(x), inputs=(x,)) == 3 * (2 * 3 * 8 * 4)
+
     @pytest.mark.parametrize("leaf", [True, False], ids=["leaf", "made-upstream"])
     def test_a_loss_differentiating_with_respect_to_the_input(self, leaf, no_warnings):
         model, base = mlp(), torch.rand(5, 8, requires_grad=True)
