@@ -145,6 +145,16 @@ def _generation_mixin(model: nn.Module) -> bool:
     return transformers is not None and isinstance(_itself(model), transformers.GenerationMixin)
 
 
+def _check_transformers() -> None:
+    """Refuse a transformers older than 5: its ``prepare_inputs_for_generation`` takes other
+    arguments, and its ``generate`` derives positions and caches otherwise."""
+    installed = sys.modules["transformers"].__version__
+    major = installed.split(".")[0]
+    if major.isdigit() and int(major) < 5:
+        raise RuntimeError(f"profile_generation drives a Hugging Face model as transformers 5's generate does; "
+                           f"transformers {installed} is installed: upgrade it (pip install 'transformers>=5')")
+
+
 def _new_cache(model: nn.Module) -> Any:
     """The cache ``generate`` starts from: an empty ``DynamicCache`` for a Hugging Face model that
     takes one, else None (the model makes its own and hands it back)."""
@@ -158,7 +168,7 @@ def _new_cache(model: nn.Module) -> Any:
         return None
     try:
         return transformers.DynamicCache(config=config.get_text_config(decoder=True))
-    except TypeError:  # transformers 4: the layers are made as they fill
+    except TypeError:  # a cache class that makes its layers as they fill
         return transformers.DynamicCache()
 
 
@@ -408,6 +418,8 @@ def profile_generation(
     mask = extra.pop("attention_mask", None)
 
     generation = _generation_mixin(model)
+    if generation:
+        _check_transformers()
     processors = _logits_processors(model, input_ids, max_new_tokens) if generation else None
     cache = _new_cache(model)
     own_cache = cache is not None  # else the model makes one and hands it back each step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import warnings
 
 import pytest
@@ -512,6 +513,13 @@ class NoCacheLM(TupleCacheLM):
 class NoneCacheLM(TupleCacheLM):
     def forward(self, input_ids, past_key_values=None, use_cache=True):
         return super().forward(input_ids, None, use_cache)[0], None
+
+
+def test_a_transformers_older_than_5_is_refused(monkeypatch):
+    model = llama()
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.46.3")  # transformers swaps its module object
+    with pytest.raises(RuntimeError, match=r"transformers 4\.46\.3 is installed: upgrade it \(pip install 'transformers>=5'\)"):
+        profile_generation(model, torch.tensor([[1, 2, 3]]), max_new_tokens=2)
 
 
 @pytest.mark.parametrize("cls", [NoCacheLM, NoneCacheLM])
