@@ -81,8 +81,8 @@ class Capture:
     def idle(self) -> bool:
         """True when the forward ran nothing at all, or when no layer holding the model's
         parameters ran and no call left a record (no work, uncounted work or copy: at most views)
-        while the model holds parameters: its layers were skipped. A model of parameter-free layers that ran (``ReLU``, ``Flatten``) is not
-        idle: it did no arithmetic, by design."""
+        while the model holds parameters: its layers were skipped. A model of parameter-free
+        layers that ran (``ReLU``, ``Flatten``) is not idle: it did no arithmetic, by design."""
         if self.ran_nothing:
             return True
         if self.other_threads:

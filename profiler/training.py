@@ -25,9 +25,6 @@ from profiler.units import format_bytes, format_count, format_seconds
 __all__ = ["OPTIMIZERS", "StepMemory", "TrainingResult", "TrainingRoofline", "default_loss", "profile_training",
            "training_summary"]
 
-# A tensor's gradient edge (torch >= 2.2): on an older torch the backward goes past the inputs, and says so.
-_gradient_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
-
 # Optimizer state kept per trainable parameter, in tensors of the parameter's shape and dtype.
 OPTIMIZERS = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
 
@@ -303,7 +300,7 @@ def profile_training(
     wanting = [t for t in found if t.requires_grad]
     # and a view's base: an in-place operation on the view in the forward rewrites the base's history
     ends = [*wanting, *(t._base for t in wanting if t._base is not None)]
-    stops = [_gradient_edge(t) for t in ends if t.grad_fn is not None] if _gradient_edge else []
+    stops = [torch.autograd.graph.get_gradient_edge(t) for t in ends if t.grad_fn is not None]
     # every input's .grad, not only those requiring grad now: the forward may make one require grad
     # (x.requires_grad_()), and the step's backward would then accumulate into it
     grads = [(t, t.grad) for t in found if t.is_leaf or t.retains_grad]
